@@ -4,9 +4,10 @@ The task is small enough for the tiny model to learn on a 2-core CPU in a couple
 yet it is not memorisation: the held-out split has lists never seen in training, so exact
 match on it measures whether the model learned the operations.
 
-Operations on a list of 3-5 words: reverse it, sort it, name its first or last item, count
-it. A third of the conversations are two-turn ("Now reverse it.": the model must use the
-previous answer) and a third start with a system prompt.
+Questions about a list of 3-5 words: its first, second or last item, how many items it has,
+which word follows a given one. Answers are one word, so exact match is a clear score. A third
+of the conversations have a follow-up question about the same list ("And the last one?": the
+model must look back two turns) and a third start with a system prompt.
 
     python data/make_synthetic.py            # writes data/synthetic/{train,eval}.jsonl
 """
@@ -29,49 +30,47 @@ SYSTEM_PROMPTS = [
     "Answer briefly and exactly.",
 ]
 
-# instruction phrasings per operation; the answer depends only on the operation
+# instruction phrasings per question; the answer depends only on the question and the list
 ASK = {
-    "reverse": ["Reverse the list: {}", "Please reverse this list: {}", "Write these in reverse order: {}"],
-    "sort": ["Sort the list alphabetically: {}", "Put these in alphabetical order: {}"],
     "first": ["What is the first item of the list: {}", "Which word comes first in: {}"],
+    "second": ["What is the second item of the list: {}", "Which word is second in: {}"],
     "last": ["What is the last item of the list: {}", "Which word comes last in: {}"],
     "count": ["How many items are in the list: {}", "Count the words in: {}"],
+    "after": ["Which word comes right after {x} in: {}", "In the list {}, what follows {x}?"],
 }
-FOLLOW_UP = {"reverse": "Now reverse it.", "sort": "Now sort it."}
+# follow-up questions about the same list, asked in a second turn: the model must look back
+FOLLOW_UP = {"first": "And the first one?", "second": "And the second one?", "last": "And the last one?",
+             "count": "And how many are there?"}
 
 
-def apply(op: str, items: list[str]) -> str:
-    if op == "reverse":
-        return ", ".join(reversed(items))
-    if op == "sort":
-        return ", ".join(sorted(items))
+def answer(op: str, items: list[str], x: str | None = None) -> str:
     if op == "first":
         return items[0]
+    if op == "second":
+        return items[1]
     if op == "last":
         return items[-1]
+    if op == "after":
+        return items[items.index(x) + 1]
     return str(len(items))
+
+
+def ask(rng: random.Random, op: str, items: list[str]) -> tuple[str, str]:
+    x = rng.choice(items[:-1]) if op == "after" else None
+    return rng.choice(ASK[op]).format(", ".join(items), x=x), answer(op, items, x)
 
 
 def conversation(rng: random.Random, items: list[str]) -> dict:
     messages = []
     if rng.random() < 1 / 3:
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-    if rng.random() < 1 / 3:  # two turns: the second works on the first answer
-        op = rng.choice(["reverse", "sort"])
-        answer = apply(op, items)
-        follow = "sort" if op == "reverse" else "reverse"
-        messages += [
-            {"role": "user", "content": rng.choice(ASK[op]).format(", ".join(items))},
-            {"role": "assistant", "content": answer},
-            {"role": "user", "content": FOLLOW_UP[follow]},
-            {"role": "assistant", "content": apply(follow, answer.split(", "))},
-        ]
-    else:
-        op = rng.choice(list(ASK))
-        messages += [
-            {"role": "user", "content": rng.choice(ASK[op]).format(", ".join(items))},
-            {"role": "assistant", "content": apply(op, items)},
-        ]
+    op = rng.choice(list(ASK))
+    question, reply = ask(rng, op, items)
+    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+    if rng.random() < 1 / 3:  # two turns: the follow-up refers to the list of the first question
+        follow = rng.choice([k for k in FOLLOW_UP if k != op])
+        messages += [{"role": "user", "content": FOLLOW_UP[follow]},
+                     {"role": "assistant", "content": answer(follow, items)}]
     return {"messages": messages}
 
 

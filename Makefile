@@ -1,0 +1,27 @@
+# Two commands do everything on a fresh machine (each sets up .venv first, quickly when done already):
+#   make demo   the demo pipeline on the bundled tiny model (notebooks 01 -> 05, headless, into runs/)
+#   make test   lint + the whole test suite
+# Cluster builds of torch: TORCH_SPEC=skip VENV_FLAGS=--system-site-packages make setup  (see README)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test lint format bench
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m workshop_lib demo $(if $(RUN),--name $(RUN))
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff format . && $(PY) -m ruff check --fix .
+
+bench: setup
+	$(PY) benchmarks/data_throughput.py

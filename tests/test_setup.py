@@ -1,0 +1,38 @@
+"""The environment descriptions agree, and the set-up script is idempotent."""
+
+import re
+import subprocess
+import tomllib
+
+import yaml
+
+from workshop_lib.model import REPO_ROOT
+
+
+def _name(spec: str) -> str:
+    return re.split(r"[<>=!~\[ ;#]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_names_the_same_packages_as_pyproject():
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(s) for s in project["dependencies"]}
+    for extra in project["optional-dependencies"].values():
+        wanted |= {_name(s) for s in extra}
+    env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    pip_list = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {_name(s) for s in pip_list if not s.startswith("-e")}
+    assert listed == wanted, f"only in pyproject: {wanted - listed}; only in environment.yml: {listed - wanted}"
+
+
+def test_torch_pins_agree():
+    env = (REPO_ROOT / "environment.yml").read_text()
+    setup = (REPO_ROOT / "scripts" / "setup.sh").read_text()
+    pin = re.search(r"TORCH_SPEC:-(torch==[\d.]+)", setup).group(1)
+    assert pin in env
+
+
+def test_setup_is_idempotent_and_quick_when_done():
+    # the suite runs inside the environment the script made, so a second run must do nothing
+    out = subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "environment ready" not in out.stdout  # nothing was installed
