@@ -2,12 +2,16 @@
 
 The task is small enough for the tiny model to learn on a 2-core CPU in a couple of minutes,
 yet it is not memorisation: the held-out split has lists never seen in training, so exact
-match on it measures whether the model learned the operations.
+match on it measures whether the model learned the skill.
 
-Questions about a list of 3-5 words: its first, second or last item, how many items it has,
-which word follows a given one. Answers are one word, so exact match is a clear score. A third
-of the conversations have a follow-up question about the same list ("And the last one?": the
-model must look back two turns) and a third start with a system prompt.
+Each conversation gives a list of 2-4 words, at most one from each category (fruit, animal,
+colour, place), and asks which word is of a category, or how many words there are:
+
+    user:      Which word is the animal: peach, otter, island
+    assistant: The animal is otter.
+
+Half of the conversations have one or two follow-up questions about the same list ("And the
+fruit?": the model must look back over earlier turns) and a third start with a system prompt.
 
     python data/make_synthetic.py            # writes data/synthetic/{train,eval}.jsonl
 """
@@ -19,70 +23,64 @@ import json
 import random
 from pathlib import Path
 
-WORDS = [
-    "apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "piano",
-    "lemon", "robot", "candle", "forest", "violet", "rocket", "silver", "garden",
-]  # fmt: skip
+CATEGORIES = {
+    "fruit": ["apple", "lemon", "cherry", "mango", "peach", "plum"],
+    "animal": ["tiger", "horse", "rabbit", "eagle", "otter", "wolf"],
+    "colour": ["violet", "silver", "crimson", "yellow", "green", "blue"],
+    "place": ["river", "ocean", "forest", "garden", "valley", "island"],
+}
 
 SYSTEM_PROMPTS = [
     "You are a helpful assistant that works with lists of words.",
-    "You are a precise assistant. Answer with the result only.",
+    "You are a precise assistant. Answer with one short sentence.",
     "Answer briefly and exactly.",
 ]
 
-# instruction phrasings per question; the answer depends only on the question and the list
-ASK = {
-    "first": ["What is the first item of the list: {}", "Which word comes first in: {}"],
-    "second": ["What is the second item of the list: {}", "Which word is second in: {}"],
-    "last": ["What is the last item of the list: {}", "Which word comes last in: {}"],
-    "count": ["How many items are in the list: {}", "Count the words in: {}"],
-    "after": ["Which word comes right after {x} in: {}", "In the list {}, what follows {x}?"],
-}
-# follow-up questions about the same list, asked in a second turn: the model must look back
-FOLLOW_UP = {"first": "And the first one?", "second": "And the second one?", "last": "And the last one?",
-             "count": "And how many are there?"}
+ASK = [
+    "Which word is the {c}: {items}",
+    "Find the {c} in this list: {items}",
+    "In the list {items}, which one is a {c}?",
+]
+COUNT = ["How many words are in the list: {items}", "Count the words in: {items}"]
 
 
-def answer(op: str, items: list[str], x: str | None = None) -> str:
-    if op == "first":
-        return items[0]
-    if op == "second":
-        return items[1]
-    if op == "last":
-        return items[-1]
-    if op == "after":
-        return items[items.index(x) + 1]
-    return str(len(items))
+def reply(category: str | None, items: dict[str, str]) -> str:
+    # Short sentences that repeat the word as it appears in the list (" otter", after a space), so the
+    # answer is a token the model has just seen: learnable by a tiny model in minutes.
+    if category is None:
+        return f"There are {len(items)} words."
+    return f"The {category} is {items[category]}."
 
 
-def ask(rng: random.Random, op: str, items: list[str]) -> tuple[str, str]:
-    x = rng.choice(items[:-1]) if op == "after" else None
-    return rng.choice(ASK[op]).format(", ".join(items), x=x), answer(op, items, x)
-
-
-def conversation(rng: random.Random, items: list[str]) -> dict:
+def conversation(rng: random.Random, items: dict[str, str]) -> dict:
+    """items: category -> word, in list order."""
+    listed = ", ".join(items.values())
     messages = []
     if rng.random() < 1 / 3:
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-    op = rng.choice(list(ASK))
-    question, reply = ask(rng, op, items)
-    messages += [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
-    if rng.random() < 1 / 3:  # two turns: the follow-up refers to the list of the first question
-        follow = rng.choice([k for k in FOLLOW_UP if k != op])
-        messages += [{"role": "user", "content": FOLLOW_UP[follow]},
-                     {"role": "assistant", "content": answer(follow, items)}]
+    questions: list[str | None] = [*items, None]  # None: the count question
+    rng.shuffle(questions)
+    first = questions.pop()
+    ask = rng.choice(COUNT if first is None else ASK)
+    messages += [{"role": "user", "content": ask.format(c=first, items=listed)},
+                 {"role": "assistant", "content": reply(first, items)}]
+    for follow in questions[: rng.choice([0, 0, 1, 2])]:  # follow-ups about the same list
+        ask = "And how many are there?" if follow is None else f"And the {follow}?"
+        messages += [{"role": "user", "content": ask}, {"role": "assistant", "content": reply(follow, items)}]
     return {"messages": messages}
 
 
 def generate(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Held-out lists are disjoint from training lists (by the tuple of words)."""
+    """Held-out lists are disjoint from training lists (by the sequence of words)."""
     rng = random.Random(seed)
     seen: set[tuple[str, ...]] = set()
-    lists: list[list[str]] = []
+    lists: list[dict[str, str]] = []
     while len(lists) < n_train + n_eval:
-        items = rng.sample(WORDS, rng.randint(3, 5))
-        if tuple(items) not in seen:
-            seen.add(tuple(items))
+        cats = rng.sample(list(CATEGORIES), rng.randint(2, 4))
+        items = {c: rng.choice(CATEGORIES[c]) for c in cats}
+        key = tuple(items.values())
+        if key not in seen:
+            seen.add(key)
             lists.append(items)
     eval_lists, train_lists = lists[:n_eval], lists[n_eval:]
     return [conversation(rng, x) for x in train_lists], [conversation(rng, x) for x in eval_lists]

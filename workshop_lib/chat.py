@@ -41,10 +41,10 @@ GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 SAMPLE = [
     {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "Reverse the list: apple, river, stone"},
-    {"role": "assistant", "content": "stone, river, apple"},
-    {"role": "user", "content": "Now sort it."},
-    {"role": "assistant", "content": "apple, river, stone"},
+    {"role": "user", "content": "What is the last item of the list: apple, river, stone"},
+    {"role": "assistant", "content": "stone"},
+    {"role": "user", "content": "And the first one?"},
+    {"role": "assistant", "content": "apple, I think."},
 ]
 
 
@@ -138,13 +138,21 @@ def _render_failure(e: Exception, messages: Any, index: int | None = None) -> st
     )
 
 
-def encode(batch: list[list[dict]], tokenizer, template: str | None = None) -> dict[str, list[list[int]]]:
+def encode(batch: list[list[dict]], tokenizer, template: str | None = None,
+           assistant_only: bool = True) -> dict[str, list[list[int]]]:
     """Tokenize a batch of conversations and label them: the answer tokens keep their id, the rest IGNORE.
 
     One batched apply_chat_template call (one fast-tokenizer call for the whole batch). This is the
-    function training maps over the dataset and the token view shows.
+    function training maps over the dataset and the token view shows. assistant_only=False trains
+    on every token (labels = input_ids), like TRL with assistant_only_loss=False.
     """
     text = _template_of(tokenizer, template)
+    if not assistant_only:
+        try:
+            ids = tokenizer.apply_chat_template(batch, chat_template=text, tokenize=True, return_dict=True)["input_ids"]
+        except Exception as e:
+            raise TemplateError(_render_failure(e, batch)) from e
+        return {"input_ids": ids, "labels": [list(x) for x in ids]}
     if not GENERATION_RE.search(text):
         raise TemplateError(
             "the chat template has no {% generation %} markers, so the answer tokens cannot be told from the "
@@ -177,7 +185,7 @@ def encode(batch: list[list[dict]], tokenizer, template: str | None = None) -> d
 
 
 def tokenize_dataset(dataset, tokenizer, template: str | None = None, num_proc: int | None = None,
-                     batch_size: int = 512):
+                     batch_size: int = 512, assistant_only: bool = True):
     """Map encode() over a datasets.Dataset with a "messages" column: batched, in parallel when it helps.
 
     The result has input_ids and labels, which SFTTrainer uses as they are (it skips its own tokenization).
@@ -188,7 +196,7 @@ def tokenize_dataset(dataset, tokenizer, template: str | None = None, num_proc: 
 
         num_proc = min(os.cpu_count() or 1, 8) if len(dataset) >= 20_000 else None
     return dataset.map(
-        lambda b: encode(b["messages"], tokenizer, text),
+        lambda b: encode(b["messages"], tokenizer, text, assistant_only),
         batched=True,
         batch_size=batch_size,
         num_proc=num_proc,

@@ -5,6 +5,14 @@ Every function returns the Figure, so notebooks display it and tests inspect its
 
 from __future__ import annotations
 
+import glob
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -41,3 +49,247 @@ def plot_data_stats(stats: dict[str, Any], title: str = "dataset"):
     ax2.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_lengths(report, max_length: int | None = None, title: str = "token lengths"):
+    """Histogram of conversation lengths in tokens (chat.LengthReport), with a max_length cut."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    ax.hist(report.lengths, bins=40, color="#3b82f6", alpha=0.8)
+    ax.set(xlabel="tokens per conversation", ylabel="conversations", title=title)
+    if max_length:
+        cut = report.at(max_length)
+        ax.axvline(max_length, color="#dc2626", linestyle="--")
+        ax.text(max_length, ax.get_ylim()[1] * 0.9,
+                f" max_length={max_length}\n {cut['truncated_conversations']:.1%} truncated\n "
+                f"{cut['answer_tokens_lost']:.1%} answer tokens lost", color="#dc2626", va="top", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- runs and loss curves
+METRICS = {
+    "loss": "train loss",
+    "eval_loss": "eval loss",
+    "learning_rate": "learning rate",
+    "grad_norm": "gradient norm",
+    "tokens_per_s": "tokens / s",
+}
+X_AXES = {"step": "optimizer step", "epoch": "epoch", "tokens": "tokens seen"}
+
+
+class RunError(ValueError):
+    """A folder that cannot be plotted: says which and why."""
+
+
+@dataclass
+class Run:
+    """One run folder's records (from metrics.jsonl, else trainer_state.json) and parameters."""
+
+    path: Path
+    records: list[dict]
+    params: dict
+    result: dict
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.result)
+
+    def series(self, metric: str, x: str = "step") -> tuple[list[float], list[float]]:
+        xs, ys = [], []
+        for r in self.records:
+            if metric in r and r[metric] is not None:
+                xv = r.get("num_tokens") if x == "tokens" else r.get(x)
+                if xv is not None:
+                    xs.append(xv)
+                    ys.append(r[metric])
+        return xs, ys
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run folder, finished, still running or killed. Corrupt metric lines are skipped and reported."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path}: not a folder. Give a run folder (runs/<name>) or a glob (runs/*).")
+    metrics, state = path / "metrics.jsonl", path / "trainer_state.json"
+    problems: list[str] = []
+    records: list[dict] = []
+    if metrics.exists():
+        for n, line in enumerate(metrics.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict) or "step" not in rec:
+                    raise ValueError("not a metrics record (no step)")
+                records.append(rec)
+            except (json.JSONDecodeError, ValueError) as e:
+                problems.append(f"{metrics}:line {n}: skipped a corrupt metrics line ({e})")
+    if not records and state.exists():
+        try:
+            records = [dict(r) for r in json.loads(state.read_text()).get("log_history", []) if "step" in r]
+        except json.JSONDecodeError as e:
+            problems.append(f"{state}: unreadable ({e})")
+    if not records and not (path / "recipe.yaml").exists():
+        raise RunError(f"{path}: not a run folder (no metrics.jsonl, trainer_state.json or recipe.yaml). "
+                       "Point at runs/<name>, written by notebook 03.")
+    params = {}
+    if (path / "recipe.yaml").exists():
+        params = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
+    result = json.loads((path / "result.json").read_text()) if (path / "result.json").exists() else {}
+    if not records:
+        problems.append(f"{path}: no metrics yet (the run has not logged a step)")
+    return Run(path, records, params, result, problems)
+
+
+def load_runs(paths: str | Path | Sequence[str | Path]) -> tuple[list[Run], list[str]]:
+    """Load many runs (a glob, a folder, or a list). Bad folders become problems; good ones still load."""
+    if isinstance(paths, (str, Path)):
+        text = str(paths)
+        found = sorted(glob.glob(text)) if any(c in text for c in "*?[") else [text]
+        if not found:
+            return [], [f"{text}: matches no folder"]
+    else:
+        found = [str(p) for p in paths]
+    runs, problems = [], []
+    for p in found:
+        try:
+            run = load_run(p)
+        except RunError as e:
+            problems.append(str(e))
+            continue
+        runs.append(run)
+        problems += run.problems
+    return runs, problems
+
+
+def differing_params(runs: Sequence[Run]) -> dict[str, list[str]]:
+    """Label each run by the recipe keys whose values differ between the runs (a sweep's grid)."""
+    ignore = {"run_name", "output_root", "resume", "node_rank", "master_addr", "master_port"}
+    keys = sorted({k for r in runs for k in r.params} - ignore)
+    differ = [k for k in keys if len({json.dumps(r.params.get(k), default=str) for r in runs}) > 1]
+    return {r.name: [f"{k}={r.params.get(k)}" for k in differ] for r in runs}
+
+
+def smooth(ys: Sequence[float], weight: float) -> list[float]:
+    """Exponential moving average with bias correction (TensorBoard-style); weight 0 = raw."""
+    out, avg = [], 0.0
+    for i, y in enumerate(ys, 1):
+        avg = weight * avg + (1 - weight) * y
+        out.append(avg / (1 - weight**i) if weight > 0 else y)
+    return out
+
+
+def plot_runs(runs: Sequence[Run], metrics: Sequence[str] = ("loss", "eval_loss", "learning_rate", "grad_norm",
+                                                                "tokens_per_s"),
+              x: str = "step", smoothing: float = 0.6, title: str | None = None):
+    """One panel per metric, one line per run (labelled by what differs); train loss raw and smoothed."""
+    plt = _plt()
+    metrics = [m for m in metrics if any(run.series(m, x)[0] for run in runs)] or ["loss"]
+    cols = min(len(metrics), 3)
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    labels = differing_params(runs) if len(runs) > 1 else {}
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for i, run in enumerate(runs):
+            xs, ys = run.series(metric, x)
+            if not xs:
+                continue
+            colour = colours[i % len(colours)]
+            label = run.name + (f" ({', '.join(labels[run.name])})" if labels.get(run.name) else "")
+            if not run.finished:
+                label += " [unfinished]"
+            if metric == "loss" and smoothing > 0 and len(ys) > 2:
+                ax.plot(xs, ys, color=colour, alpha=0.3, linewidth=1)
+                ax.plot(xs, smooth(ys, smoothing), color=colour, label=label, linewidth=1.8)
+            else:
+                ax.plot(xs, ys, color=colour, label=label, marker="o" if metric == "eval_loss" or len(xs) < 3 else None,
+                        markersize=4)
+        ax.set(xlabel=X_AXES.get(x, x), ylabel=METRICS.get(metric, metric), title=METRICS.get(metric, metric))
+        if metric == "learning_rate":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.remove()
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=min(len(names), 3), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title or (runs[0].name if len(runs) == 1 else f"{len(runs)} runs"))
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+    return fig
+
+
+def plot_run(path: str | Path, **kw):
+    """The loss curves of one run folder."""
+    return plot_runs([load_run(path)], **kw)
+
+
+def summary_table(runs: Sequence[Run]):
+    """Final and best losses, runtime, tokens/s, GPU-hours (where known) per run, as a DataFrame."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        _, loss = run.series("loss")
+        _, ev = run.series("eval_loss")
+        _, tps = run.series("tokens_per_s")
+        times = [r["time"] for r in run.records if "time" in r]
+        runtime = run.result.get("train_runtime_s") or (times[-1] - times[0] if len(times) > 1 else None)
+        world = run.result.get("world_size") or (run.params.get("nproc_per_node", 1) * run.params.get("nnodes", 1))
+        gpu = bool(run.result.get("gpu") or any("cuda" in str(v) for v in run.params.values()))
+        rows.append({
+            "run": run.name,
+            **{k: v for k, v in (s.split("=", 1) for s in differing_params(runs).get(run.name, []))},
+            "steps": max((r["step"] for r in run.records), default=0),
+            "final loss": loss[-1] if loss else None,
+            "best loss": min(loss) if loss else None,
+            "final eval loss": ev[-1] if ev else None,
+            "best eval loss": min(ev) if ev else None,
+            "exact match": run.result.get("exact_match_after"),
+            "runtime (s)": round(runtime, 1) if runtime else None,
+            "tokens/s": round(sum(tps) / len(tps)) if tps else None,
+            "GPU-hours": round(runtime * world / 3600, 3) if runtime and gpu else None,
+            "finished": run.finished,
+        })
+    return pd.DataFrame(rows)
+
+
+def save_figure(fig, path_stem: str | Path) -> list[Path]:
+    """Write PNG and SVG next to each other (atomically) and return their paths."""
+    out = []
+    for ext in ("png", "svg"):
+        path = Path(f"{path_stem}.{ext}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=ext, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+        out.append(path)
+    return out
+
+
+def live_plot(every_s: float = 2.0):
+    """A callable for train.fit(plot=...): redraws the loss curve in one notebook output as metrics arrive."""
+    from IPython.display import display
+
+    handle = display(display_id=True)
+    last = {"t": 0.0, "n": 0}
+
+    def update(records: list[dict]) -> None:
+        if len(records) == last["n"] or time.time() - last["t"] < every_s:
+            return
+        last.update(t=time.time(), n=len(records))
+        plt = _plt()
+        run = Run(Path("live"), list(records), {}, {})
+        fig = plot_runs([run], metrics=("loss", "eval_loss", "learning_rate"), title="training (live)")
+        handle.update(fig)
+        plt.close(fig)
+
+    return update
