@@ -14,6 +14,7 @@ demo: setup
 	$(PY) -m workshop_lib demo $(if $(RUN),--name $(RUN))
 
 test: setup
+	@bash scripts/install_slurm.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

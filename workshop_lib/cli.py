@@ -4,6 +4,8 @@
     plot RUN [RUN ...]          loss curves + summary of run folders (globs welcome), into each run / --out
     plan RECIPE [-p key value]  memory and time estimate before you queue
     doctor [--model M]          check the environment: versions, GPUs, Slurm, folders, caches
+    submit --profile P ...      render and sbatch the training job (see `submit --help`)
+    failure-report RUN          the last error of each rank of a run (printed by the batch job)
     build-tiny-model            build (or find) the offline tiny chat model and print its folder
 """
 
@@ -131,7 +133,39 @@ def _has_tabulate() -> bool:
         return False
 
 
+def failure_report(run_dir: str) -> int:
+    """Print the last traceback of each rank log and of the executed notebooks of a run."""
+    import nbformat
+
+    run = Path(run_dir)
+    found = False
+    for log in sorted((run / "logs").glob("rank*.log")):
+        text = log.read_text(errors="replace")
+        at = text.rfind("Traceback (most recent call last)")
+        if at >= 0:
+            found = True
+            print(f"===== {log} =====\n{text[at:].strip()[-4000:]}")
+    for nb_path in sorted((run / "notebooks").glob("03_train*.ipynb"), key=lambda p: p.stat().st_mtime)[-4:]:
+        try:
+            nb = nbformat.read(nb_path, as_version=4)
+        except Exception:
+            continue
+        for cell in nb.cells:
+            for o in cell.get("outputs", []):
+                if o.get("output_type") == "error":
+                    found = True
+                    print(f"===== {nb_path} =====\n{o.ename}: {o.evalue}"[:4000])
+    if not found:
+        print(f"no traceback found in {run}/logs or its notebooks: see the job log above (a kill or a crash)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["submit"]:
+        from . import submit
+
+        return submit.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m workshop_lib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("recipe")
     pl.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     pl.add_argument("--gpu-memory-gb", type=float, default=None)
+    fr = sub.add_parser("failure-report", help="the last error of each rank of a run")
+    fr.add_argument("run")
+    sub.add_parser("submit", help="render and sbatch the training job (submit --help)")
     doc = sub.add_parser("doctor", help="check the environment")
     doc.add_argument("--model", default=None, help="also check that this model's config and tokenizer load")
     args = parser.parse_args(argv)
@@ -165,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         from . import plan
 
         return plan.main(args.recipe, dict(args.p), args.gpu_memory_gb)
+    if args.command == "failure-report":
+        return failure_report(args.run)
     if args.command == "doctor":
         from . import doctor
 

@@ -62,6 +62,8 @@ def topology(nnodes: int = 1, nproc_per_node: int = 1, node_rank: int | None = N
     if master_port is None:
         if os.environ.get("MASTER_PORT"):
             master_port = int(os.environ["MASTER_PORT"])
+        elif nnodes == 1:
+            master_port = free_port()  # one node: any free port (a fixed one collides with a leftover run)
         elif os.environ.get("SLURM_JOB_ID"):
             # one port per job, so two jobs sharing a node do not collide
             master_port = 20000 + int(os.environ["SLURM_JOB_ID"]) % 20000
@@ -96,7 +98,19 @@ def _threads_per_worker(nproc: int) -> int:
     return max(1, cores // nproc)
 
 
+def _die_with_parent() -> None:
+    """Forked workers must not outlive the launcher (a killed kernel or job step): SIGKILL them with it."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the launcher's own teardown still stops them
+
+
 def _worker(fn: Callable, args: tuple, threads: int, quiet: bool) -> Any:
+    _die_with_parent()
     # pin threads: P workers x all cores each would oversubscribe the CPU (measured 13x slower)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -26,6 +26,8 @@ from typing import Any
 from .recipe import Recipe, RecipeError, load_recipe
 
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STOP_FILE = "STOP"  # written by the SLURM job (or by hand) to make training checkpoint and stop
+PREEMPTED_FILE = "PREEMPTED"  # written by training when it stopped early with a checkpoint: resume it
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -77,6 +79,8 @@ def prepare_run(recipe: Recipe) -> Path:
         if node_rank == 0:
             ckpt = last_checkpoint(run_dir)
             _trim_metrics(run_dir / "metrics.jsonl", _ckpt_step(ckpt) if ckpt else 0)
+            for marker in (STOP_FILE, PREEMPTED_FILE):
+                (run_dir / marker).unlink(missing_ok=True)
         return run_dir
     if node_rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -154,12 +158,14 @@ class _Callbacks:
         return MetricsJSONL()
 
     @staticmethod
-    def preemption():
+    def preemption(stop_file: Path):
         base = _trainer_callback_base()
 
         class StopOnSignal(base):
-            """On SIGUSR1/SIGTERM (SLURM's warning before the time limit, or preemption): save a checkpoint
-            at the next step and stop cleanly. The job then requeues and resumes from it."""
+            """Save a checkpoint at the next step and stop cleanly when asked: by SIGUSR1/SIGTERM to this
+            process, or by a STOP file in the run folder (what the SLURM job writes when it gets its
+            time-limit warning, since the signal reaches the batch shell, not the kernel's workers).
+            The job then requeues itself and resumes from that checkpoint."""
 
             def __init__(self):
                 self.flag = threading.Event()
@@ -170,7 +176,7 @@ class _Callbacks:
             def on_step_end(self, args, state, control, **kw):
                 import torch.distributed as dist
 
-                stop = self.flag.is_set()
+                stop = self.flag.is_set() or stop_file.exists()
                 if dist.is_available() and dist.is_initialized():
                     import torch
 
@@ -393,7 +399,7 @@ def train(flat: dict, interactive: bool = False) -> dict:
     generate_here = n_gen > 0 and rank == 0 and not sharded and not recipe.kit["resume"]
     before = _exact_match(model, tokenizer, eval_rows, n_gen, recipe) if generate_here else None
     args = sft_config(recipe, run_dir, interactive)
-    stopper = _Callbacks.preemption()
+    stopper = _Callbacks.preemption(run_dir / STOP_FILE)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -425,8 +431,9 @@ def train(flat: dict, interactive: bool = False) -> dict:
         "group_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
     }
     if preempted:
-        trainer.save_state()
         result["param_digest"] = param_digest(trainer.model)
+        if trainer.is_world_process_zero():
+            (run_dir / PREEMPTED_FILE).write_text(json.dumps({"step": trainer.state.global_step, "time": time.time()}))
         return result
     if eval_ds is not None:
         last_eval = [h for h in trainer.state.log_history if "eval_loss" in h]
