@@ -4,15 +4,14 @@ The task is small enough for the tiny model to learn on a 2-core CPU in a couple
 yet it is not memorisation: the held-out split has lists never seen in training, so exact
 match on it measures whether the model learned the skill.
 
-Each conversation gives a list of 2-5 words from four categories (fruit, animal, colour,
-place) and asks how many words it has, how many of a category, or whether one is there:
+Each conversation gives a list of 2-4 words, at most one from each category (fruit, animal,
+colour, place), and asks which word is of a category, or how many words there are:
 
-    user:      How many animals are in the list: peach, otter, island, wolf
-    assistant: There are 2 animals.
+    user:      Which word is the animal: peach, otter, island
+    assistant: The animal is otter.
 
-The model must learn which word is of which category and count them. Half of the conversations
-have one or two follow-up questions about the same list ("And is there a colour?": the model must
-look back over earlier turns) and a third start with a system prompt.
+Half of the conversations have one or two follow-up questions about the same list ("And the
+fruit?": the model must look back over earlier turns) and a third start with a system prompt.
 
     python data/make_synthetic.py            # writes data/synthetic/{train,eval}.jsonl
 """
@@ -36,53 +35,38 @@ SYSTEM_PROMPTS = [
     "You are a precise assistant. Answer with one short sentence.",
     "Answer briefly and exactly.",
 ]
-PLURAL = {"fruit": "fruits", "animal": "animals", "colour": "colours", "place": "places"}
-ARTICLE = {"fruit": "a", "animal": "an", "colour": "a", "place": "a"}
+
+ASK = [
+    "Which word is the {c}: {items}",
+    "Find the {c} in this list: {items}",
+    "In the list {items}, which one is a {c}?",
+]
+COUNT = ["How many words are in the list: {items}", "Count the words in: {items}"]
 
 
-def category_of(word: str) -> str:
-    return next(c for c, words in CATEGORIES.items() if word in words)
+def reply(category: str | None, items: dict[str, str]) -> str:
+    # Short sentences that repeat the word as it appears in the list (" otter", after a space), so the
+    # answer is a token the model has just seen: learnable by a tiny model in minutes.
+    if category is None:
+        return f"There are {len(items)} words."
+    return f"The {category} is {items[category]}."
 
 
-def reply(kind: str, category: str | None, words: list[str]) -> str:
-    n = len(words) if category is None else sum(category_of(w) == category for w in words)
-    if kind == "count_all":
-        return f"There are {n} words."
-    if kind == "count":
-        if n == 0:
-            return f"There are no {PLURAL[category]}."
-        return f"There is 1 {category}." if n == 1 else f"There are {n} {PLURAL[category]}."
-    art = ARTICLE[category]
-    return f"Yes, there is {art} {category}." if n else f"No, there is no {category}."
-
-
-FIRST = {
-    "count_all": ["How many words are in the list: {items}", "Count the words in: {items}"],
-    "count": ["How many {plural} are in the list: {items}", "Count the {plural} in: {items}"],
-    "exists": ["Is there {art} {c} in the list: {items}", "Does this list have {art} {c}: {items}"],
-}
-FOLLOW = {"count": "And how many {plural}?", "exists": "And is there {art} {c}?"}
-
-
-def question(rng: random.Random, kinds: dict) -> tuple[str, str | None]:
-    kind = rng.choice(list(kinds))
-    return kind, (None if kind == "count_all" else rng.choice(list(CATEGORIES)))
-
-
-def conversation(rng: random.Random, words: list[str]) -> dict:
-    listed = ", ".join(words)
+def conversation(rng: random.Random, items: dict[str, str]) -> dict:
+    """items: category -> word, in list order."""
+    listed = ", ".join(items.values())
     messages = []
     if rng.random() < 1 / 3:
         messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-    kind, cat = question(rng, FIRST)
-    fill = {"items": listed, "c": cat, "plural": PLURAL.get(cat, ""), "art": ARTICLE.get(cat, "")}
-    messages += [{"role": "user", "content": rng.choice(FIRST[kind]).format(**fill)},
-                 {"role": "assistant", "content": reply(kind, cat, words)}]
-    for _ in range(rng.choice([0, 0, 1, 2])):  # follow-ups about the same list: look back over earlier turns
-        kind, cat = question(rng, FOLLOW)
-        fill = {"c": cat, "plural": PLURAL[cat], "art": ARTICLE[cat]}
-        messages += [{"role": "user", "content": FOLLOW[kind].format(**fill)},
-                     {"role": "assistant", "content": reply(kind, cat, words)}]
+    questions: list[str | None] = [*items, None]  # None: the count question
+    rng.shuffle(questions)
+    first = questions.pop()
+    ask = rng.choice(COUNT if first is None else ASK)
+    messages += [{"role": "user", "content": ask.format(c=first, items=listed)},
+                 {"role": "assistant", "content": reply(first, items)}]
+    for follow in questions[: rng.choice([0, 0, 1, 2])]:  # follow-ups about the same list
+        ask = "And how many are there?" if follow is None else f"And the {follow}?"
+        messages += [{"role": "user", "content": ask}, {"role": "assistant", "content": reply(follow, items)}]
     return {"messages": messages}
 
 
@@ -90,12 +74,14 @@ def generate(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list
     """Held-out lists are disjoint from training lists (by the sequence of words)."""
     rng = random.Random(seed)
     seen: set[tuple[str, ...]] = set()
-    lists: list[list[str]] = []
+    lists: list[dict[str, str]] = []
     while len(lists) < n_train + n_eval:
-        words = rng.sample([w for ws in CATEGORIES.values() for w in ws], rng.randint(2, 5))
-        if tuple(words) not in seen:
-            seen.add(tuple(words))
-            lists.append(words)
+        cats = rng.sample(list(CATEGORIES), rng.randint(2, 4))
+        items = {c: rng.choice(CATEGORIES[c]) for c in cats}
+        key = tuple(items.values())
+        if key not in seen:
+            seen.add(key)
+            lists.append(items)
     eval_lists, train_lists = lists[:n_eval], lists[n_eval:]
     return [conversation(rng, x) for x in train_lists], [conversation(rng, x) for x in eval_lists]
 

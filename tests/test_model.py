@@ -10,8 +10,8 @@ from workshop_lib import model as M
 
 CONV = [
     {"role": "system", "content": "Answer briefly."},
-    {"role": "user", "content": "What is the last item of the list: apple, river, stone"},
-    {"role": "assistant", "content": "stone"},
+    {"role": "user", "content": "Which word is the animal: peach, otter, island"},
+    {"role": "assistant", "content": "The animal is otter."},
     {"role": "user", "content": "Mikä on järvi?"},
     {"role": "assistant", "content": "Järvi on lake."},
 ]

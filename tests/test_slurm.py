@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from slurm_cluster import LocalSlurm, unavailable
+
 from workshop_lib.model import REPO_ROOT
 
 FAST = {"max_steps": 10, "logging_steps": 2, "save_steps": 100, "eval_strategy": "no", "n_generate": 0}

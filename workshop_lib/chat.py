@@ -41,10 +41,10 @@ GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 SAMPLE = [
     {"role": "system", "content": "You are a helpful assistant."},
-    {"role": "user", "content": "What is the last item of the list: apple, river, stone"},
-    {"role": "assistant", "content": "stone"},
-    {"role": "user", "content": "And the first one?"},
-    {"role": "assistant", "content": "apple, I think."},
+    {"role": "user", "content": "Which word is the animal: peach, otter, island"},
+    {"role": "assistant", "content": "The animal is otter."},
+    {"role": "user", "content": "And the fruit?"},
+    {"role": "assistant", "content": "The fruit is peach."},
 ]
 
 

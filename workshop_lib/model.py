@@ -18,17 +18,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 TINY_SPECIALS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2: pad is distinct from eos
 
-# Small enough to train at thousands of tokens/s on 2 CPU cores, big enough to learn the bundled task.
+# Small enough to train at ~20k tokens/s on 2 CPU cores, big enough to learn the bundled task in a minute.
+# Measured on the bundled task: with 2 KV heads (GQA) and the default init (0.02) it plateaued at ~60-68%
+# held-out exact match after 6 epochs; full multi-head attention and a larger init reach 100% in 2 epochs.
 TINY_CONFIG = dict(
     hidden_size=128,
     intermediate_size=384,
     num_hidden_layers=4,
     num_attention_heads=4,
-    num_key_value_heads=2,
+    num_key_value_heads=4,  # full multi-head attention: GQA with 2 KV heads learned the lookups far slower
     max_position_embeddings=512,
     tie_word_embeddings=True,
     rms_norm_eps=1e-5,
     rope_theta=10000.0,
+    initializer_range=0.08,  # ~1/sqrt(hidden): with 0.02 attention stays near uniform for a long time
 )
 TINY_VOCAB = 512
 TINY_SEED = 0
