@@ -14,7 +14,8 @@ from workshop_lib.cli import run_notebook
 from workshop_lib.model import REPO_ROOT
 
 PAPERMILL = [sys.executable, "-m", "papermill", "--cwd", str(REPO_ROOT)]
-FAST = {"max_steps": 10, "logging_steps": 2, "save_steps": 10, "eval_strategy": "no", "n_generate": 8}
+FAST = {"max_steps": 10, "logging_steps": 2, "save_steps": 10, "eval_strategy": "no", "n_generate": 8,
+        "nproc_per_node": 1, "warmup_steps": 0}
 
 
 def outputs(nb_path):
@@ -60,8 +61,8 @@ def test_03_train_two_processes_ddp(tmp_path):
     out = tmp_path / "03.ipynb"
     cmd = [*PAPERMILL, str(REPO_ROOT / "notebooks" / "03_train.ipynb"), str(out),
            "-f", str(REPO_ROOT / "recipes" / "tiny_cpu.yaml"), "-p", "output_root", str(tmp_path),
-           "-p", "run_name", "nb-ddp", "-p", "nproc_per_node", "2"]
-    for k, v in FAST.items():
+           "-p", "run_name", "nb-ddp"]
+    for k, v in {**FAST, "nproc_per_node": 2}.items():
         cmd += ["-p", k, str(v)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

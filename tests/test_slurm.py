@@ -14,7 +14,8 @@ from slurm_cluster import LocalSlurm, unavailable
 
 from workshop_lib.model import REPO_ROOT
 
-FAST = {"max_steps": 10, "logging_steps": 2, "save_steps": 100, "eval_strategy": "no", "n_generate": 0}
+FAST = {"max_steps": 10, "logging_steps": 2, "save_steps": 100, "eval_strategy": "no", "n_generate": 0,
+        "nproc_per_node": 1, "warmup_steps": 0}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from workshop_lib import launch, train
 from workshop_lib import recipe as R
 from workshop_lib.model import REPO_ROOT
 
-FAST = dict(max_steps=12, logging_steps=2, save_steps=6, eval_strategy="no", n_generate=0, warmup_steps=0)
+FAST = dict(max_steps=12, logging_steps=2, save_steps=6, eval_strategy="no", n_generate=0, warmup_steps=0,
+            nproc_per_node=1)
 
 
 def make(tmp_path, name, **overrides):

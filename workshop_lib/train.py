@@ -65,7 +65,11 @@ def prepare_run(recipe: Recipe) -> Path:
     checkpoint (logged by a run that was then killed) are dropped, so no step appears twice.
     """
     run_dir = recipe.run_dir
-    node_rank = recipe.kit["node_rank"] or int(os.environ.get("SLURM_NODEID", 0) if recipe.kit["nnodes"] > 1 else 0)
+    node_rank = recipe.kit["node_rank"]
+    if node_rank is None:
+        node_rank = int(os.environ.get("SLURM_NODEID", 0)) if recipe.kit["nnodes"] > 1 else 0
+    if node_rank != 0:
+        return run_dir  # node 0 creates or checks the folder (shared file system); training waits for it
     if (run_dir / "recipe.yaml").exists():
         if not recipe.kit["resume"]:
             ckpt = last_checkpoint(run_dir)
@@ -76,16 +80,14 @@ def prepare_run(recipe: Recipe) -> Path:
                 f"run folder {run_dir} exists ({state}). Nothing was changed. Pass resume=True (papermill: "
                 f"-p resume True) to continue it, or choose another run_name."
             )
-        if node_rank == 0:
-            ckpt = last_checkpoint(run_dir)
-            _trim_metrics(run_dir / "metrics.jsonl", _ckpt_step(ckpt) if ckpt else 0)
-            for marker in (STOP_FILE, PREEMPTED_FILE):
-                (run_dir / marker).unlink(missing_ok=True)
+        ckpt = last_checkpoint(run_dir)
+        _trim_metrics(run_dir / "metrics.jsonl", _ckpt_step(ckpt) if ckpt else 0)
+        for marker in (STOP_FILE, PREEMPTED_FILE):
+            (run_dir / marker).unlink(missing_ok=True)
         return run_dir
-    if node_rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "logs").mkdir(exist_ok=True)
-        recipe.save(run_dir / "recipe.yaml")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs").mkdir(exist_ok=True)
+    recipe.save(run_dir / "recipe.yaml")
     return run_dir
 
 
