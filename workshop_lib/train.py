@@ -552,6 +552,14 @@ def _logged_train(flat: dict, interactive: bool, log_dir: str) -> dict:
     (a forked process writing to the notebook would log 'attempted to send message from fork')."""
     rank = int(os.environ.get("RANK", 0))
     if "LOCAL_RANK" in os.environ:  # forked by the launcher
+        # no progress bars in forked workers: in a notebook they would be widgets of the parent's kernel
+        from datasets import disable_progress_bars
+        from huggingface_hub.utils import disable_progress_bars as hub_quiet
+        from transformers.utils import logging as hf_logging
+
+        disable_progress_bars()
+        hub_quiet()
+        hf_logging.disable_progress_bar()
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         log = open(Path(log_dir) / f"rank{rank}.log", "a", buffering=1)  # noqa: SIM115
         sys.stdout = sys.stderr = log
