@@ -93,10 +93,35 @@ def test_plan_command_on_the_bundled_recipes(capsys):
     assert main(["plan", str(REPO_ROOT / "recipes" / "poro34b_zero3.yaml"), "-p", "model", str(_poro(capsys))]) == 0
 
 
-def _poro(capsys):
+def _poro(_):
     import tempfile
     from pathlib import Path
 
     d = Path(tempfile.mkdtemp())
     (d / "config.json").write_text(json.dumps(PORO_34B))
     return d
+
+
+def test_doctor_reports_and_exits_by_status(tiny_model_dir, capsys):
+    from workshop_lib import doctor
+
+    lines = doctor.run("tiny")
+    names = {x.what for x in lines}
+    assert {"torch", "transformers", "trl", "GPUs", "Slurm", "run folder", "HF cache", "model config", "tokenizer"} <= names
+    assert all(x.status in ("PASS", "WARN", "FAIL") for x in lines)
+    assert next(x for x in lines if x.what == "tokenizer").status == "PASS"
+    assert doctor.main("tiny") == 0
+    assert "checks:" in capsys.readouterr().out
+    bad = doctor.check_model("/nonexistent/model-folder")
+    assert bad[0].status == "FAIL" and "nonexistent" in bad[0].detail
+
+
+def test_notebook_00_setup_check(tmp_path):
+    from test_notebooks import outputs
+
+    from workshop_lib.cli import run_notebook
+
+    poro = _poro(None)
+    out = run_notebook("00_setup_check", tmp_path, {"plan_model": str(poro)})
+    text, _ = outputs(out)
+    assert "[PASS] torch" in text and '"min_nodes": 2' in text and '"comfortable_nodes": 3' in text

@@ -133,19 +133,31 @@ def _has_tabulate() -> bool:
         return False
 
 
+SECONDARY = ("Connection reset by peer", "Connection closed by peer", "timed out", "Timeout", "recvBytes",
+             "remote worker", "NCCL communicator was aborted", "ProcessGroupGloo")
+
+
 def failure_report(run_dir: str) -> int:
-    """Print the last traceback of each rank log and of the executed notebooks of a run."""
+    """Print the last error of each rank and node of a run; the likely root cause is printed last.
+
+    A rank that died by a signal, or raised an error of its own, is the cause; ranks whose collectives
+    then broke ("connection reset by peer", timeouts) are consequences and are printed first.
+    """
     import nbformat
 
     run = Path(run_dir)
-    found = False
+    found: list[tuple[bool, str, str]] = []  # (is root cause, where, text)
     for log in sorted((run / "logs").glob("rank*.log")):
         text = log.read_text(errors="replace")
         at = text.rfind("Traceback (most recent call last)")
         if at >= 0:
-            found = True
-            print(f"===== {log} =====\n{text[at:].strip()[-4000:]}")
-    for nb_path in sorted((run / "notebooks").glob("03_train*.ipynb"), key=lambda p: p.stat().st_mtime)[-4:]:
+            tb = text[at:].strip()
+            last = tb.splitlines()[-1]
+            found.append((not any(s in last for s in SECONDARY), str(log), tb[-3000:]))
+    latest: dict[str, Path] = {}
+    for nb_path in sorted((run / "notebooks").glob("03_train.node*.ipynb"), key=lambda p: p.stat().st_mtime):
+        latest[nb_path.name.split(".")[1]] = nb_path  # node0, node1, ...: the newest try of each node
+    for nb_path in latest.values():
         try:
             nb = nbformat.read(nb_path, as_version=4)
         except Exception:
@@ -153,10 +165,14 @@ def failure_report(run_dir: str) -> int:
         for cell in nb.cells:
             for o in cell.get("outputs", []):
                 if o.get("output_type") == "error":
-                    found = True
-                    print(f"===== {nb_path} =====\n{o.ename}: {o.evalue}"[:4000])
+                    value = str(o.get("evalue", ""))
+                    cause = "signal" in value or not any(x in value for x in SECONDARY)
+                    found.append((cause, str(nb_path), f"{o.get('ename')}: {value}"[-3000:]))
     if not found:
         print(f"no traceback found in {run}/logs or its notebooks: see the job log above (a kill or a crash)")
+        return 0
+    for cause, where, text in sorted(found, key=lambda x: x[0]):
+        print(f"===== {'ROOT CAUSE: ' if cause else ''}{where} =====\n{text}")
     return 0
 
 

@@ -172,6 +172,12 @@ def _failure_text(e: Any) -> str:
             info = msg.get("extraInfo", {})
             msg = info.get("py_callstack") or msg.get("message") or str(msg)
         if not msg or msg == "<N/A>" or "To enable traceback" in str(msg):
-            msg = f"exit code {failure.exitcode} (signal or crash without a Python traceback)"
+            code = failure.exitcode
+            if code is not None and code < 0:
+                import signal as _signal
+
+                msg = f"killed by signal {_signal.Signals(-code).name} (no Python traceback: killed, out of memory or crashed)"
+            else:
+                msg = f"exit code {code} (crash without a Python traceback)"
         lines.append(f"rank {rank} (pid {failure.pid}) failed:\n{msg}")
     return "\n".join(lines) or str(e)
