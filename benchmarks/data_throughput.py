@@ -1,6 +1,6 @@
 """Benchmark: the data module converting + validating 100k generated rows in each format, and writing them.
 
-    python benchmarks/data_throughput.py [--n 100000]
+python benchmarks/data_throughput.py [--n 100000]
 """
 
 import argparse
@@ -45,8 +45,10 @@ def main():
             data.write_jsonl(out, Path(tmp) / f"{name}.out.jsonl")
             t_write = time.perf_counter() - t
             assert report.kept == args.n, report.summary()
-            print(f"{name:9} {args.n} rows: load+convert+validate {args.n / t_load:9,.0f} rows/s ({t_load:.2f} s), "
-                  f"write {args.n / t_write:9,.0f} rows/s ({t_write:.2f} s)")
+            print(
+                f"{name:9} {args.n} rows: load+convert+validate {args.n / t_load:9,.0f} rows/s ({t_load:.2f} s), "
+                f"write {args.n / t_write:9,.0f} rows/s ({t_write:.2f} s)"
+            )
 
 
 if __name__ == "__main__":

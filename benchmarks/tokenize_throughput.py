@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")  # the fast tokenizer's own threads are part of the speed-up
+os.environ.setdefault(
+    "TOKENIZERS_PARALLELISM", "true"
+)  # the fast tokenizer's own threads are part of the speed-up
 
 from datasets import Dataset, disable_progress_bars  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402

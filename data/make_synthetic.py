@@ -62,8 +62,10 @@ def conversation(rng: random.Random, items: dict[str, str]) -> dict:
     rng.shuffle(questions)
     first = questions.pop()
     ask = rng.choice(COUNT if first is None else ASK)
-    messages += [{"role": "user", "content": ask.format(c=first, items=listed)},
-                 {"role": "assistant", "content": reply(first, items)}]
+    messages += [
+        {"role": "user", "content": ask.format(c=first, items=listed)},
+        {"role": "assistant", "content": reply(first, items)},
+    ]
     for follow in questions[: rng.choice([0, 0, 1, 2])]:  # follow-ups about the same list
         ask = "And how many are there?" if follow is None else f"And the {follow}?"
         messages += [{"role": "user", "content": ask}, {"role": "assistant", "content": reply(follow, items)}]
@@ -87,7 +89,9 @@ def generate(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "synthetic")
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-eval", type=int, default=200)

@@ -87,9 +87,13 @@ class LocalSlurm:
             "SlurmdTimeout=60",
         ]
         for n, port in zip(self.nodes, node_ports, strict=True):
-            lines.append(f"NodeName={n} NodeHostname={n} NodeAddr=127.0.0.1 Port={port} CPUs={self.cpus} "
-                         f"RealMemory=4000 State=UNKNOWN")
-        lines.append(f"PartitionName=debug Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP")
+            lines.append(
+                f"NodeName={n} NodeHostname={n} NodeAddr=127.0.0.1 Port={port} CPUs={self.cpus} "
+                f"RealMemory=4000 State=UNKNOWN"
+            )
+        lines.append(
+            f"PartitionName=debug Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP"
+        )
         self.conf.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout: float = 30) -> float:
@@ -100,21 +104,35 @@ class LocalSlurm:
         shutil.chown(munge_run, "munge", "munge")
         if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
             subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
-        self.procs.append(subprocess.Popen(["/usr/sbin/slurmctld", "-D", "-c", "-i", "-f", str(self.conf)],
-                                           env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+        self.procs.append(
+            subprocess.Popen(
+                ["/usr/sbin/slurmctld", "-D", "-c", "-i", "-f", str(self.conf)],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+        )
         for n in self.nodes:
-            script = (f"mount --bind {self.root}/hosts /etc/hosts && hostname {n} && "
-                      f"exec /usr/sbin/slurmd -D -N {n} -f {self.conf}")
-            self.procs.append(subprocess.Popen(["unshare", "--mount", "--uts", "--propagation", "private",
-                                                "sh", "-c", script], env=self.env,
-                                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            script = (
+                f"mount --bind {self.root}/hosts /etc/hosts && hostname {n} && "
+                f"exec /usr/sbin/slurmd -D -N {n} -f {self.conf}"
+            )
+            self.procs.append(
+                subprocess.Popen(
+                    ["unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script],
+                    env=self.env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         while time.time() - t0 < timeout:
             out = subprocess.run(["sinfo", "-h", "-o", "%T %D"], env=self.env, capture_output=True, text=True)
             if out.returncode == 0 and out.stdout.split()[:2] == ["idle", str(len(self.nodes))]:
                 return time.time() - t0
             time.sleep(0.1)
-        raise RuntimeError(f"local Slurm did not come up in {timeout} s: {out.stdout} {out.stderr}\n"
-                           + self.logs())
+        raise RuntimeError(
+            f"local Slurm did not come up in {timeout} s: {out.stdout} {out.stderr}\n" + self.logs()
+        )
 
     def logs(self) -> str:
         text = []
@@ -138,8 +156,12 @@ class LocalSlurm:
                 info.setdefault(k, v)
         return info
 
-    def wait(self, job_id: str, timeout: float = 600, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
-                                                              "NODE_FAIL", "OUT_OF_MEMORY")) -> dict:
+    def wait(
+        self,
+        job_id: str,
+        timeout: float = 600,
+        states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"),
+    ) -> dict:
         t0 = time.time()
         while time.time() - t0 < timeout:
             info = self.job(job_id)

@@ -8,7 +8,13 @@ from transformers import AutoTokenizer
 from workshop_lib import chat
 
 REAL = Path(__file__).parent / "templates"
-EXTRA_SPECIALS = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<start_of_turn>", "<end_of_turn>"]
+EXTRA_SPECIALS = [
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+]
 NO_SYSTEM = chat.SAMPLE[1:]  # Gemma and Mistral templates refuse a system turn
 
 
@@ -53,7 +59,10 @@ def test_real_templates_without_markers_are_caught_and_fixed(tok, name):
         if m["role"] == "assistant":
             assert m["content"] in trained
     assert view.tokens[[i for i, on in enumerate(view.trained) if on][-1]] in (
-        "<|im_end|>", "<|eot_id|>", "<end_of_turn>")
+        "<|im_end|>",
+        "<|eot_id|>",
+        "<end_of_turn>",
+    )
 
 
 def test_end_of_turn_outside_the_mask_is_caught_and_fixed(tok):
@@ -75,7 +84,8 @@ def test_not_prefix_stable_template_is_refused(tok):
 
 def test_generation_prompt_mismatch_is_caught(tok):
     tok.chat_template = chat.load_template("chatml").replace(
-        "'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n\\n'")
+        "'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n\\n'"
+    )
     report = chat.check_template(tok)
     assert "generation prompt" in report.failed()
 
@@ -129,12 +139,27 @@ def test_token_view_labels_are_the_labels_training_uses(tiny_model_dir, tmp_path
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    convs = [chat.SAMPLE, chat.SAMPLE[1:3], [{"role": "user", "content": "Mikä päivä?"},
-                                             {"role": "assistant", "content": "Maanantai."}]]
-    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, assistant_only_loss=True,
-                     padding_free=True, max_length=None, report_to=[], per_device_train_batch_size=3)
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
-                         train_dataset=Dataset.from_dict({"messages": convs}), processing_class=tok)
+    convs = [
+        chat.SAMPLE,
+        chat.SAMPLE[1:3],
+        [{"role": "user", "content": "Mikä päivä?"}, {"role": "assistant", "content": "Maanantai."}],
+    ]
+    args = SFTConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        assistant_only_loss=True,
+        padding_free=True,
+        max_length=None,
+        report_to=[],
+        per_device_train_batch_size=3,
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=args,
+        train_dataset=Dataset.from_dict({"messages": convs}),
+        processing_class=tok,
+    )
     trl_rows = list(trainer.train_dataset)
     for conv, row in zip(convs, trl_rows, strict=True):
         view = chat.token_view(conv, tok)

@@ -18,8 +18,12 @@ def write(tmp_path, name, text, binary=False):
 
 @pytest.mark.parametrize(
     "name, fmt, n",
-    [("alpaca_fi.json", "alpaca", 6), ("sharegpt_fi.json", "sharegpt", 4),
-     ("prompt_completion.jsonl", "prompt_completion", 4), ("qa.csv", "qa", 4)],
+    [
+        ("alpaca_fi.json", "alpaca", 6),
+        ("sharegpt_fi.json", "sharegpt", 4),
+        ("prompt_completion.jsonl", "prompt_completion", 4),
+        ("qa.csv", "qa", 4),
+    ],
 )
 def test_bundled_raw_samples_convert(name, fmt, n):
     rows, report = D.load_conversations(RAW / name)
@@ -32,18 +36,38 @@ def test_bundled_raw_samples_convert(name, fmt, n):
 
 
 def test_sharegpt_roles_and_system_are_normalised(tmp_path):
-    p = write(tmp_path, "s.json", json.dumps([{"system": "Be brief.", "conversations": [
-        {"from": "Human", "value": "hi"}, {"from": "GPT", "value": "hello"},
-        {"from": "human", "value": "again"}, {"from": "bot", "value": "yes"}]}]))
+    p = write(
+        tmp_path,
+        "s.json",
+        json.dumps(
+            [
+                {
+                    "system": "Be brief.",
+                    "conversations": [
+                        {"from": "Human", "value": "hi"},
+                        {"from": "GPT", "value": "hello"},
+                        {"from": "human", "value": "again"},
+                        {"from": "bot", "value": "yes"},
+                    ],
+                }
+            ]
+        ),
+    )
     rows, _ = D.load_conversations(p)
     assert [m["role"] for m in rows[0]["messages"]] == ["system", "user", "assistant", "user", "assistant"]
 
 
 def test_alpaca_input_joins_instruction(tmp_path):
-    p = write(tmp_path, "a.jsonl", json.dumps({"instruction": "Translate", "input": "kissa", "output": "cat"}) + "\n")
+    p = write(
+        tmp_path,
+        "a.jsonl",
+        json.dumps({"instruction": "Translate", "input": "kissa", "output": "cat"}) + "\n",
+    )
     rows, _ = D.load_conversations(p)
-    assert rows[0]["messages"] == [{"role": "user", "content": "Translate\n\nkissa"},
-                                   {"role": "assistant", "content": "cat"}]
+    assert rows[0]["messages"] == [
+        {"role": "user", "content": "Translate\n\nkissa"},
+        {"role": "assistant", "content": "cat"},
+    ]
 
 
 def test_custom_columns_and_parquet_and_datasets_folder(tmp_path):
@@ -53,7 +77,9 @@ def test_custom_columns_and_parquet_and_datasets_folder(tmp_path):
 
     table = {"kysymys": ["Mikä?", "Kuka?"], "vastaus": ["Tämä.", "Minä."]}
     pq.write_table(pa.table(table), tmp_path / "t.parquet")
-    rows, rep = D.load_conversations(tmp_path / "t.parquet", columns={"user": "kysymys", "assistant": "vastaus"})
+    rows, rep = D.load_conversations(
+        tmp_path / "t.parquet", columns={"user": "kysymys", "assistant": "vastaus"}
+    )
     assert len(rows) == 2 and rows[1]["messages"][1]["content"] == "Minä."
     Dataset.from_dict({"question": ["q1"], "answer": ["a1"]}).save_to_disk(tmp_path / "ds")
     rows, rep = D.load_conversations(tmp_path / "ds")
@@ -72,21 +98,58 @@ def test_bom_and_crlf_are_handled(tmp_path):
 
 BAD = {
     "invalid JSON": ('{"messages": [', "invalid JSON", "(line)"),
-    "missing role": ([{"content": "x"}, {"role": "assistant", "content": "y"}], "missing role", "messages[0].role"),
-    "unknown role": ([{"role": "user", "content": "x"}, {"role": "assistent", "content": "y"}], "unknown role",
-                     "messages[1].role"),
-    "empty content": ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}], "empty content",
-                      "messages[1].content"),
-    "non-string content": ([{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}],
-                           "content must be a string", "messages[0].content"),
-    "system not first": ([{"role": "user", "content": "x"}, {"role": "system", "content": "s"},
-                          {"role": "assistant", "content": "y"}], "system message that is not first", "messages[1].role"),
-    "no assistant": ([{"role": "system", "content": "s"}, {"role": "user", "content": "x"}], "no assistant turn",
-                     "messages"),
-    "ends with user": ([{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"},
-                        {"role": "user", "content": "z"}], "not the assistant", "messages[2].role"),
-    "consecutive": ([{"role": "user", "content": "x"}, {"role": "user", "content": "x2"},
-                     {"role": "assistant", "content": "y"}], "two user turns in a row", "messages[1].role"),
+    "missing role": (
+        [{"content": "x"}, {"role": "assistant", "content": "y"}],
+        "missing role",
+        "messages[0].role",
+    ),
+    "unknown role": (
+        [{"role": "user", "content": "x"}, {"role": "assistent", "content": "y"}],
+        "unknown role",
+        "messages[1].role",
+    ),
+    "empty content": (
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}],
+        "empty content",
+        "messages[1].content",
+    ),
+    "non-string content": (
+        [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}],
+        "content must be a string",
+        "messages[0].content",
+    ),
+    "system not first": (
+        [
+            {"role": "user", "content": "x"},
+            {"role": "system", "content": "s"},
+            {"role": "assistant", "content": "y"},
+        ],
+        "system message that is not first",
+        "messages[1].role",
+    ),
+    "no assistant": (
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}],
+        "no assistant turn",
+        "messages",
+    ),
+    "ends with user": (
+        [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": "y"},
+            {"role": "user", "content": "z"},
+        ],
+        "not the assistant",
+        "messages[2].role",
+    ),
+    "consecutive": (
+        [
+            {"role": "user", "content": "x"},
+            {"role": "user", "content": "x2"},
+            {"role": "assistant", "content": "y"},
+        ],
+        "two user turns in a row",
+        "messages[1].role",
+    ),
     "not a list": ("hello", "non-empty list", "messages"),
 }
 
@@ -94,7 +157,9 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_each_bad_row_gives_one_located_message(tmp_path, case):
     body, expected, fld = BAD[case]
-    good = json.dumps({"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "ok"}]})
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "ok"}]}
+    )
     bad = body if isinstance(body, str) and body.startswith("{") else json.dumps({"messages": body})
     p = write(tmp_path, "x.jsonl", f"{good}\n{good}\n{bad}\n")
     with pytest.raises(D.DataError) as err:
@@ -131,7 +196,9 @@ def test_unknown_format_and_missing_file(tmp_path):
 
 
 def test_json_array_syntax_error_has_line(tmp_path):
-    p = write(tmp_path, "a.json", '[\n {"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}\n]')
+    p = write(
+        tmp_path, "a.json", '[\n {"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}\n]'
+    )
     with pytest.raises(D.DataError, match=r"a.json:line 3: \(file\): invalid JSON"):
         D.load_conversations(p)
 
@@ -143,11 +210,17 @@ def test_dedup_split_overlap_stats():
     assert dropped == 50 and unique == rows[:50]
     a_train, a_eval = D.split(rows, 0.1, seed=3)
     b_train, b_eval = D.split(rows, 0.1, seed=3)
-    assert a_eval == b_eval and len(a_eval) == round(len(rows) * 0.1) and len(a_train) + len(a_eval) == len(rows)
+    assert (
+        a_eval == b_eval and len(a_eval) == round(len(rows) * 0.1) and len(a_train) + len(a_eval) == len(rows)
+    )
     assert D.split(rows, 0.1, seed=4)[1] != a_eval
     assert D.overlap(a_train, a_eval) == 0 and D.overlap(rows, rows[:7]) == 7
     s = D.stats(rows)
-    assert s["conversations"] == len(rows) and 0 < s["with_system"] < len(rows) and 0 < s["multi_turn"] < len(rows)
+    assert (
+        s["conversations"] == len(rows)
+        and 0 < s["with_system"] < len(rows)
+        and 0 < s["multi_turn"] < len(rows)
+    )
 
 
 def test_bundled_synthetic_splits_are_valid_and_disjoint():

@@ -14,8 +14,15 @@ from workshop_lib.cli import run_notebook
 from workshop_lib.model import REPO_ROOT
 
 PAPERMILL = [sys.executable, "-m", "papermill", "--cwd", str(REPO_ROOT)]
-FAST = {"max_steps": 10, "logging_steps": 2, "save_steps": 10, "eval_strategy": "no", "n_generate": 8,
-        "nproc_per_node": 1, "warmup_steps": 0}
+FAST = {
+    "max_steps": 10,
+    "logging_steps": 2,
+    "save_steps": 10,
+    "eval_strategy": "no",
+    "n_generate": 8,
+    "nproc_per_node": 1,
+    "warmup_steps": 0,
+}
 
 
 def outputs(nb_path):
@@ -36,8 +43,12 @@ def outputs(nb_path):
 def test_notebooks_are_committed_without_outputs():
     for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), path
-        assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), f"{path}: no parameters cell"
+        assert all(
+            not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"
+        ), path
+        assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), (
+            f"{path}: no parameters cell"
+        )
 
 
 def test_01_data_formatting(tmp_path):
@@ -47,21 +58,39 @@ def test_01_data_formatting(tmp_path):
     assert "unknown role 'assistent'" in text and "kept 2 of 11 rows" in text
     assert len((tmp_path / "data" / "train.jsonl").read_text().splitlines()) == 4000
     assert sorted(p.name for p in (tmp_path / "data" / "converted").iterdir()) == [
-        "alpaca_fi.jsonl", "prompt_completion.jsonl", "qa.jsonl", "sharegpt_fi.jsonl"]
+        "alpaca_fi.jsonl",
+        "prompt_completion.jsonl",
+        "qa.jsonl",
+        "sharegpt_fi.jsonl",
+    ]
 
 
 def test_02_chat_templates(tmp_path):
     out = run_notebook("02_chat_templates", tmp_path, {"max_length": 32})
     text, kinds = outputs(out)
-    assert "⟦<|im_end|>⟧" in text and "[FAIL] generation markers" in text and "wrapped each assistant answer" in text
+    assert (
+        "⟦<|im_end|>⟧" in text
+        and "[FAIL] generation markers" in text
+        and "wrapped each assistant answer" in text
+    )
     assert "never learns to stop" in text and "recommended max_length" in text and "image/png" in kinds
 
 
 def test_03_train_two_processes_ddp(tmp_path):
     out = tmp_path / "03.ipynb"
-    cmd = [*PAPERMILL, str(REPO_ROOT / "notebooks" / "03_train.ipynb"), str(out),
-           "-f", str(REPO_ROOT / "recipes" / "tiny_cpu.yaml"), "-p", "output_root", str(tmp_path),
-           "-p", "run_name", "nb-ddp"]
+    cmd = [
+        *PAPERMILL,
+        str(REPO_ROOT / "notebooks" / "03_train.ipynb"),
+        str(out),
+        "-f",
+        str(REPO_ROOT / "recipes" / "tiny_cpu.yaml"),
+        "-p",
+        "output_root",
+        str(tmp_path),
+        "-p",
+        "run_name",
+        "nb-ddp",
+    ]
     for k, v in {**FAST, "nproc_per_node": 2}.items():
         cmd += ["-p", k, str(v)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -78,14 +107,37 @@ def test_03_train_as_two_nodes(tmp_path):
     port = launch.free_port()
     procs = []
     for rank in (0, 1):
-        cmd = [*PAPERMILL, str(REPO_ROOT / "notebooks" / "03_train.ipynb"), str(tmp_path / f"03.node{rank}.ipynb"),
-               "-f", str(REPO_ROOT / "recipes" / "tiny_cpu.yaml"), "-p", "output_root", str(tmp_path),
-               "-p", "run_name", "two-nodes", "-p", "nnodes", "2", "-p", "node_rank", str(rank),
-               "-p", "master_addr", "127.0.0.1", "-p", "master_port", str(port)]
+        cmd = [
+            *PAPERMILL,
+            str(REPO_ROOT / "notebooks" / "03_train.ipynb"),
+            str(tmp_path / f"03.node{rank}.ipynb"),
+            "-f",
+            str(REPO_ROOT / "recipes" / "tiny_cpu.yaml"),
+            "-p",
+            "output_root",
+            str(tmp_path),
+            "-p",
+            "run_name",
+            "two-nodes",
+            "-p",
+            "nnodes",
+            "2",
+            "-p",
+            "node_rank",
+            str(rank),
+            "-p",
+            "master_addr",
+            "127.0.0.1",
+            "-p",
+            "master_port",
+            str(port),
+        ]
         for k, v in FAST.items():
             cmd += ["-p", k, str(v)]
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        procs.append(
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        )
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
     for rank in (0, 1):
@@ -98,9 +150,20 @@ def test_03_train_as_two_nodes(tmp_path):
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    recipe = train.resolve_paths(R.load_recipe(REPO_ROOT / "recipes" / "tiny_cpu.yaml", overrides={
-        **FAST, "method": "lora", "r": 8, "lora_alpha": 16, "learning_rate": 1e-2, "run_name": "lora",
-        "output_root": str(root)}))
+    recipe = train.resolve_paths(
+        R.load_recipe(
+            REPO_ROOT / "recipes" / "tiny_cpu.yaml",
+            overrides={
+                **FAST,
+                "method": "lora",
+                "r": 8,
+                "lora_alpha": 16,
+                "learning_rate": 1e-2,
+                "run_name": "lora",
+                "output_root": str(root),
+            },
+        )
+    )
     train.fit(recipe, interactive=False)
     return recipe.run_dir
 
@@ -108,7 +171,11 @@ def lora_run(tmp_path_factory):
 def test_04_loss_curves(tmp_path, lora_run):
     out = run_notebook("04_loss_curves", tmp_path, {"runs": str(lora_run)})
     text, kinds = outputs(out)
-    assert "image/png" in kinds and (lora_run / "loss_curves.png").exists() and (lora_run / "loss_curves.svg").exists()
+    assert (
+        "image/png" in kinds
+        and (lora_run / "loss_curves.png").exists()
+        and (lora_run / "loss_curves.svg").exists()
+    )
     assert (lora_run / "summary.csv").exists()
 
 

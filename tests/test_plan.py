@@ -11,15 +11,27 @@ from workshop_lib.model import REPO_ROOT
 
 # Poro-34B's published config (a BLOOM architecture), as test data: no download needed
 PORO_34B = {"model_type": "bloom", "hidden_size": 7168, "n_layer": 54, "n_head": 56, "vocab_size": 128000}
-LLAMA_8B = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
-            "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256, "tie_word_embeddings": False}
+LLAMA_8B = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
+}
 
 
 def measured_bytes(model, optimizer):
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     grads = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
-    states = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
-                 if torch.is_tensor(t) and t.dim() > 0)
+    states = sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if torch.is_tensor(t) and t.dim() > 0
+    )
     return weights, grads, states
 
 
@@ -37,16 +49,29 @@ def test_estimate_matches_tensor_bytes_after_an_optimizer_step(which, tiny_model
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         cfg = plan.read_config(tiny_model_dir)
     else:
-        cfg = dict(model_type="llama", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                   num_key_value_heads=4, intermediate_size=2048, vocab_size=32000, tie_word_embeddings=False)
+        cfg = dict(
+            model_type="llama",
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            intermediate_size=2048,
+            vocab_size=32000,
+            tie_word_embeddings=False,
+        )
         model = LlamaForCausalLM(LlamaConfig(**cfg))
     w, g, s = measured_bytes(model, one_step(model))
     est = plan.estimate_memory(cfg, method="full", precision="fp32", strategy="ddp")
     gib = plan.GiB
-    for name, real, guess in [("weights", w, est["weights"]), ("gradients", g, est["gradients"]),
-                              ("optimizer", s, est["optimizer"])]:
+    for name, real, guess in [
+        ("weights", w, est["weights"]),
+        ("gradients", g, est["gradients"]),
+        ("optimizer", s, est["optimizer"]),
+    ]:
         err = abs(guess * gib - real) / real
-        print(f"{which} {name}: estimate {guess * gib / 1e6:.2f} MB, measured {real / 1e6:.2f} MB, error {err:.2%}")
+        print(
+            f"{which} {name}: estimate {guess * gib / 1e6:.2f} MB, measured {real / 1e6:.2f} MB, error {err:.2%}"
+        )
         assert err < 0.01, (name, guess * gib, real)
 
 
@@ -56,8 +81,14 @@ def test_parameter_counts_of_known_models():
 
 
 def test_34b_full_zero3_on_64gb_needs_two_nodes_three_in_practice():
-    kw = dict(method="full", precision="bf16", strategy="zero3", seq_len=2048, micro_batch=1,
-              activation_checkpointing=True)
+    kw = dict(
+        method="full",
+        precision="bf16",
+        strategy="zero3",
+        seq_len=2048,
+        micro_batch=1,
+        activation_checkpointing=True,
+    )
     one = plan.estimate_memory(PORO_34B, world_size=8, **kw)
     assert one["total"] > 64  # one node of 8 x 64 GB cannot hold it
     nodes = plan.plan_nodes(PORO_34B, 64, gpus_per_node=8, **kw)
@@ -90,7 +121,10 @@ def test_bad_configs_name_what_is_missing(tmp_path):
 def test_plan_command_on_the_bundled_recipes(capsys):
     from workshop_lib.cli import main
 
-    assert main(["plan", str(REPO_ROOT / "recipes" / "poro34b_zero3.yaml"), "-p", "model", str(_poro(capsys))]) == 0
+    assert (
+        main(["plan", str(REPO_ROOT / "recipes" / "poro34b_zero3.yaml"), "-p", "model", str(_poro(capsys))])
+        == 0
+    )
 
 
 def _poro(_):
@@ -107,7 +141,17 @@ def test_doctor_reports_and_exits_by_status(tiny_model_dir, capsys):
 
     lines = doctor.run("tiny")
     names = {x.what for x in lines}
-    assert {"torch", "transformers", "trl", "GPUs", "Slurm", "run folder", "HF cache", "model config", "tokenizer"} <= names
+    assert {
+        "torch",
+        "transformers",
+        "trl",
+        "GPUs",
+        "Slurm",
+        "run folder",
+        "HF cache",
+        "model config",
+        "tokenizer",
+    } <= names
     assert all(x.status in ("PASS", "WARN", "FAIL") for x in lines)
     assert next(x for x in lines if x.what == "tokenizer").status == "PASS"
     assert doctor.main("tiny") == 0

@@ -28,19 +28,22 @@ def write(tmp_path, text):
     return p
 
 
-@pytest.mark.parametrize("text, match", [
-    ("learning_rat: 0.001\n", r"unknown key 'learning_rat': did you mean 'learning_rate'\?"),
-    ("lora_alfa: 16\nmethod: lora\n", r"did you mean 'lora_alpha'\?"),
-    ("num_train_epochs: three\n", r"num_train_epochs: expected float or int, got 'three'"),
-    ("per_device_train_batch_size: 8.5\n", r"per_device_train_batch_size: expected int"),
-    ("distributed: zero-3\n", r"distributed: 'zero-3' is not one of .* \(did you mean 'zero3'\?\)"),
-    ("method: qlora\n", r"qlora .* needs a CUDA GPU"),
-    ("method: full\nr: 8\n", r"LoRA keys \['r'\] are set but method is full"),
-    ("nproc_per_node: 0\n", r"nproc_per_node: expected a positive integer"),
-    ("run_name: a/b\n", r"run_name: 'a/b' must be a plain folder name"),
-    ("model: [unclosed\n", r"r.yaml: line 1?: invalid YAML|r.yaml: line 2: invalid YAML"),
-    ("- a\n- b\n", r"a recipe is a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("learning_rat: 0.001\n", r"unknown key 'learning_rat': did you mean 'learning_rate'\?"),
+        ("lora_alfa: 16\nmethod: lora\n", r"did you mean 'lora_alpha'\?"),
+        ("num_train_epochs: three\n", r"num_train_epochs: expected float or int, got 'three'"),
+        ("per_device_train_batch_size: 8.5\n", r"per_device_train_batch_size: expected int"),
+        ("distributed: zero-3\n", r"distributed: 'zero-3' is not one of .* \(did you mean 'zero3'\?\)"),
+        ("method: qlora\n", r"qlora .* needs a CUDA GPU"),
+        ("method: full\nr: 8\n", r"LoRA keys \['r'\] are set but method is full"),
+        ("nproc_per_node: 0\n", r"nproc_per_node: expected a positive integer"),
+        ("run_name: a/b\n", r"run_name: 'a/b' must be a plain folder name"),
+        ("model: [unclosed\n", r"r.yaml: line 1?: invalid YAML|r.yaml: line 2: invalid YAML"),
+        ("- a\n- b\n", r"a recipe is a mapping"),
+    ],
+)
 def test_bad_recipes_give_one_clear_error(tmp_path, text, match):
     with pytest.raises(R.RecipeError, match=match) as err:
         R.load_recipe(write(tmp_path, text))

@@ -21,7 +21,9 @@ def test_environment_yml_names_the_same_packages_as_pyproject():
     env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
     pip_list = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     listed = {_name(s) for s in pip_list if not s.startswith("-e")}
-    assert listed == wanted, f"only in pyproject: {wanted - listed}; only in environment.yml: {listed - wanted}"
+    assert listed == wanted, (
+        f"only in pyproject: {wanted - listed}; only in environment.yml: {listed - wanted}"
+    )
 
 
 def test_torch_pins_agree():
@@ -33,6 +35,8 @@ def test_torch_pins_agree():
 
 def test_setup_is_idempotent_and_quick_when_done():
     # the suite runs inside the environment the script made, so a second run must do nothing
-    out = subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["bash", "scripts/setup.sh"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     assert "environment ready" not in out.stdout  # nothing was installed

@@ -14,8 +14,15 @@ from slurm_cluster import LocalSlurm, unavailable
 
 from workshop_lib.model import REPO_ROOT
 
-FAST = {"max_steps": 10, "logging_steps": 2, "save_steps": 100, "eval_strategy": "no", "n_generate": 0,
-        "nproc_per_node": 1, "warmup_steps": 0}
+FAST = {
+    "max_steps": 10,
+    "logging_steps": 2,
+    "save_steps": 100,
+    "eval_strategy": "no",
+    "n_generate": 0,
+    "nproc_per_node": 1,
+    "warmup_steps": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,17 @@ def cluster(tmp_path_factory):
 
 
 def submit(cluster, out_root, *args, params=FAST, check=True):
-    cmd = [sys.executable, "-m", "workshop_lib", "submit", "--profile", "local", "--output-root", str(out_root), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workshop_lib",
+        "submit",
+        "--profile",
+        "local",
+        "--output-root",
+        str(out_root),
+        *args,
+    ]
     for k, v in params.items():
         cmd += ["-p", k, str(v)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=cluster.env, cwd=REPO_ROOT, timeout=120)
@@ -72,8 +89,16 @@ def test_two_node_training_job(cluster, tmp_path):
 
 def test_sweep_runs_as_a_job_array(cluster, tmp_path):
     sweep = tmp_path / "lr.yaml"
-    sweep.write_text(yaml.safe_dump({"recipe": "recipes/tiny_cpu.yaml", "name": "lr",
-                                     "grid": {"learning_rate": [1.0e-3, 3.0e-3]}, "fixed": FAST}))
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": "recipes/tiny_cpu.yaml",
+                "name": "lr",
+                "grid": {"learning_rate": [1.0e-3, 3.0e-3]},
+                "fixed": FAST,
+            }
+        )
+    )
     job, out = submit(cluster, tmp_path, "--sweep", str(sweep), params={})
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -96,7 +121,9 @@ def test_preemption_requeues_and_resumes_to_the_same_parameters(cluster, tmp_pat
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.5)
     assert metrics.exists(), log_of(tmp_path, "pre", job)
-    cluster.run("scancel", "--signal=USR1", "--batch", job)  # what --signal=B:USR1@N sends before the time limit
+    cluster.run(
+        "scancel", "--signal=USR1", "--batch", job
+    )  # what --signal=B:USR1@N sends before the time limit
     deadline = time.time() + 600
     while time.time() < deadline and not (tmp_path / "pre" / "result.json").exists():
         time.sleep(1)
@@ -112,8 +139,15 @@ def test_preemption_requeues_and_resumes_to_the_same_parameters(cluster, tmp_pat
     from workshop_lib import recipe as R
     from workshop_lib import train
 
-    straight = train.fit(train.resolve_paths(R.load_recipe(REPO_ROOT / "recipes" / "tiny_cpu.yaml", overrides={
-        **params, "run_name": "straight", "output_root": str(tmp_path)})), interactive=False)
+    straight = train.fit(
+        train.resolve_paths(
+            R.load_recipe(
+                REPO_ROOT / "recipes" / "tiny_cpu.yaml",
+                overrides={**params, "run_name": "straight", "output_root": str(tmp_path)},
+            )
+        ),
+        interactive=False,
+    )
     assert straight["param_digest"] == result["param_digest"]
 
 
@@ -130,16 +164,28 @@ def _workers_on_node(job_id: str, node: str) -> list[int]:
             parent = Path(f"/proc/{ppid}/cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-        if env.get(b"SLURM_JOB_ID") == job_id.encode() and env.get(b"SLURM_NODEID") == node.encode() \
-                and b"ipykernel" in parent:
+        if (
+            env.get(b"SLURM_JOB_ID") == job_id.encode()
+            and env.get(b"SLURM_NODEID") == node.encode()
+            and b"ipykernel" in parent
+        ):
             pids.append(int(proc.name))
     return pids
 
 
 def test_a_killed_rank_ends_the_job_fast_with_its_error(cluster, tmp_path):
     params = {**FAST, "max_steps": 2000, "logging_steps": 5, "collective_timeout_s": 1800}
-    job, _ = submit(cluster, tmp_path, "--recipe", "recipes/tiny_cpu.yaml", "--nodes", "2", "--name", "crash",
-                    params=params)
+    job, _ = submit(
+        cluster,
+        tmp_path,
+        "--recipe",
+        "recipes/tiny_cpu.yaml",
+        "--nodes",
+        "2",
+        "--name",
+        "crash",
+        params=params,
+    )
     metrics = tmp_path / "crash" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
@@ -163,8 +209,17 @@ def test_a_killed_rank_ends_the_job_fast_with_its_error(cluster, tmp_path):
 def test_an_exception_in_training_ends_the_job_with_the_traceback_last(cluster, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
-    job, _ = submit(cluster, tmp_path, "--recipe", "recipes/tiny_cpu.yaml", "--nodes", "2", "--name", "exc",
-                    params={**FAST, "train_file": str(bad)})
+    job, _ = submit(
+        cluster,
+        tmp_path,
+        "--recipe",
+        "recipes/tiny_cpu.yaml",
+        "--nodes",
+        "2",
+        "--name",
+        "exc",
+        params={**FAST, "train_file": str(bad)},
+    )
     info = cluster.wait(job, timeout=300)
     log = log_of(tmp_path, "exc", job)
     assert info["JobState"] == "FAILED"
@@ -172,17 +227,25 @@ def test_an_exception_in_training_ends_the_job_with_the_traceback_last(cluster, 
     assert "ROOT CAUSE" in tail and "no assistant turn" in tail and "bad.jsonl:line 1" in tail, tail
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--recipe", "recipes/nope.yaml"], "no such recipe file"),
-    (["--recipe", "recipes/tiny_cpu.yaml", "--profile", "lumii"], "unknown profile 'lumii'"),
-    (["--recipe", "recipes/tiny_cpu.yaml", "-p", "learning_rat", "0.1"], "did you mean 'learning_rate'"),
-    (["--recipe", "recipes/tiny_cpu.yaml", "-p", "num_train_epochs", "many"], "num_train_epochs: expected"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--recipe", "recipes/nope.yaml"], "no such recipe file"),
+        (["--recipe", "recipes/tiny_cpu.yaml", "--profile", "lumii"], "unknown profile 'lumii'"),
+        (["--recipe", "recipes/tiny_cpu.yaml", "-p", "learning_rat", "0.1"], "did you mean 'learning_rate'"),
+        (
+            ["--recipe", "recipes/tiny_cpu.yaml", "-p", "num_train_epochs", "many"],
+            "num_train_epochs: expected",
+        ),
+    ],
+)
 def test_bad_submit_input_queues_nothing(cluster, tmp_path, args, message):
     before = cluster.run("squeue", "-h", "-o", "%i").stdout
     cmd = [sys.executable, "-m", "workshop_lib", "submit", "--output-root", str(tmp_path)]
     if "--profile" not in args:
         cmd += ["--profile", "local"]
-    out = subprocess.run(cmd + args, capture_output=True, text=True, env=cluster.env, cwd=REPO_ROOT, timeout=120)
+    out = subprocess.run(
+        cmd + args, capture_output=True, text=True, env=cluster.env, cwd=REPO_ROOT, timeout=120
+    )
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert cluster.run("squeue", "-h", "-o", "%i").stdout == before

@@ -10,8 +10,15 @@ from workshop_lib import launch, train
 from workshop_lib import recipe as R
 from workshop_lib.model import REPO_ROOT
 
-FAST = dict(max_steps=12, logging_steps=2, save_steps=6, eval_strategy="no", n_generate=0, warmup_steps=0,
-            nproc_per_node=1)
+FAST = dict(
+    max_steps=12,
+    logging_steps=2,
+    save_steps=6,
+    eval_strategy="no",
+    n_generate=0,
+    warmup_steps=0,
+    nproc_per_node=1,
+)
 
 
 def make(tmp_path, name, **overrides):
@@ -31,8 +38,16 @@ def test_in_process_run_folder_is_complete_and_never_overwritten(tmp_path):
     r = make(tmp_path, "one", eval_strategy="steps", eval_steps=6, n_generate=8)
     res = train.fit(r, interactive=False)
     run = r.run_dir
-    for name in ("recipe.yaml", "metrics.jsonl", "trainer_state.json", "result.json", "final/model.safetensors",
-                 "final/tokenizer.json", "checkpoint-6", "checkpoint-12"):
+    for name in (
+        "recipe.yaml",
+        "metrics.jsonl",
+        "trainer_state.json",
+        "result.json",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "checkpoint-6",
+        "checkpoint-12",
+    ):
         assert (run / name).exists(), name
     assert res["global_step"] == 12 and res["world_size"] == 1
     assert 0 <= res["exact_match_before"] <= 1 and "examples_after" in res
@@ -65,10 +80,29 @@ def test_resume_continues_from_last_checkpoint_without_duplicate_steps(tmp_path)
 
 
 def test_ddp_two_processes_form_one_group_and_match_single_process(tmp_path):
-    single = train.fit(make(tmp_path, "single", per_device_train_batch_size=8, max_steps=6, logging_steps=1,
-                            learning_rate=1e-3), interactive=False)
-    ddp = train.fit(make(tmp_path, "ddp", per_device_train_batch_size=4, nproc_per_node=2, max_steps=6,
-                         logging_steps=1, learning_rate=1e-3), interactive=False)
+    single = train.fit(
+        make(
+            tmp_path,
+            "single",
+            per_device_train_batch_size=8,
+            max_steps=6,
+            logging_steps=1,
+            learning_rate=1e-3,
+        ),
+        interactive=False,
+    )
+    ddp = train.fit(
+        make(
+            tmp_path,
+            "ddp",
+            per_device_train_batch_size=4,
+            nproc_per_node=2,
+            max_steps=6,
+            logging_steps=1,
+            learning_rate=1e-3,
+        ),
+        interactive=False,
+    )
     assert set(ddp["ranks"]) == {0, 1}
     assert all(x["group_size"] == 2 and x["world_size"] == 2 for x in ddp["ranks"].values())
     assert ddp["ranks"][0]["param_digest"] == ddp["ranks"][1]["param_digest"]
@@ -82,8 +116,19 @@ def test_ddp_two_processes_form_one_group_and_match_single_process(tmp_path):
 
 @pytest.mark.parametrize("strategy", ["zero2", "zero3", "fsdp"])
 def test_sharded_strategies_train_with_two_processes(tmp_path, strategy):
-    res = train.fit(make(tmp_path, strategy, distributed=strategy, nproc_per_node=2, per_device_train_batch_size=4,
-                         max_steps=4, logging_steps=1, save_steps=4), interactive=False)
+    res = train.fit(
+        make(
+            tmp_path,
+            strategy,
+            distributed=strategy,
+            nproc_per_node=2,
+            per_device_train_batch_size=4,
+            max_steps=4,
+            logging_steps=1,
+            save_steps=4,
+        ),
+        interactive=False,
+    )
     ranks = res["ranks"]
     assert all(x["group_size"] == 2 for x in ranks.values())
     assert ranks[0]["param_digest"] == ranks[1]["param_digest"]

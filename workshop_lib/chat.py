@@ -24,7 +24,10 @@ IGNORE = -100  # label of a token that does not count in the loss (PyTorch's cro
 # What each bundled template needs from the tokenizer. end_of_turn None means the tokenizer's eos.
 TEMPLATE_TOKENS: dict[str, dict[str, Any]] = {
     "chatml": {"specials": ["<|im_start|>", "<|im_end|>"], "end_of_turn": "<|im_end|>"},
-    "llama3": {"specials": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "end_of_turn": "<|eot_id|>"},
+    "llama3": {
+        "specials": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+        "end_of_turn": "<|eot_id|>",
+    },
     "mistral": {"specials": ["[INST]", "[/INST]"], "end_of_turn": None},
     "gemma": {"specials": ["<start_of_turn>", "<end_of_turn>"], "end_of_turn": "<end_of_turn>"},
     "zephyr": {"specials": [], "end_of_turn": None},
@@ -81,14 +84,18 @@ def apply_template(tokenizer, name_or_path: str | Path) -> list[str]:
     spec = TEMPLATE_TOKENS.get(name, {"specials": [], "end_of_turn": None})
     missing = [t for t in spec["specials"] if t not in tokenizer.get_vocab()]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+        )
         notes.append(
             f"added special tokens {missing}: call model.resize_token_embeddings(len(tokenizer)) "
             f"(now {len(tokenizer)}); their embeddings start untrained, so train embed_tokens and lm_head "
             "too (LoRA: modules_to_save=['embed_tokens', 'lm_head'])"
         )
     if "eos_token" in text and tokenizer.eos_token is None:
-        raise TemplateError(f"template {name} closes turns with eos_token, but the tokenizer has none: set one first")
+        raise TemplateError(
+            f"template {name} closes turns with eos_token, but the tokenizer has none: set one first"
+        )
     if "{{- bos_token" in text and tokenizer.bos_token is None:
         notes.append("the tokenizer has no BOS token: the template starts without one")
     tokenizer.chat_template = text
@@ -117,7 +124,9 @@ def _template_of(tokenizer, template: str | None) -> str:
     return text
 
 
-def render(messages: list[dict], tokenizer, template: str | None = None, add_generation_prompt: bool = False) -> str:
+def render(
+    messages: list[dict], tokenizer, template: str | None = None, add_generation_prompt: bool = False
+) -> str:
     """The text the model sees for one conversation."""
     text = _template_of(tokenizer, template)
     try:
@@ -138,8 +147,9 @@ def _render_failure(e: Exception, messages: Any, index: int | None = None) -> st
     )
 
 
-def encode(batch: list[list[dict]], tokenizer, template: str | None = None,
-           assistant_only: bool = True) -> dict[str, list[list[int]]]:
+def encode(
+    batch: list[list[dict]], tokenizer, template: str | None = None, assistant_only: bool = True
+) -> dict[str, list[list[int]]]:
     """Tokenize a batch of conversations and label them: the answer tokens keep their id, the rest IGNORE.
 
     One batched apply_chat_template call (one fast-tokenizer call for the whole batch). This is the
@@ -149,7 +159,9 @@ def encode(batch: list[list[dict]], tokenizer, template: str | None = None,
     text = _template_of(tokenizer, template)
     if not assistant_only:
         try:
-            ids = tokenizer.apply_chat_template(batch, chat_template=text, tokenize=True, return_dict=True)["input_ids"]
+            ids = tokenizer.apply_chat_template(batch, chat_template=text, tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
         except Exception as e:
             raise TemplateError(_render_failure(e, batch)) from e
         return {"input_ids": ids, "labels": [list(x) for x in ids]}
@@ -184,8 +196,14 @@ def encode(batch: list[list[dict]], tokenizer, template: str | None = None,
     return {"input_ids": out["input_ids"], "labels": labels}
 
 
-def tokenize_dataset(dataset, tokenizer, template: str | None = None, num_proc: int | None = None,
-                     batch_size: int = 512, assistant_only: bool = True):
+def tokenize_dataset(
+    dataset,
+    tokenizer,
+    template: str | None = None,
+    num_proc: int | None = None,
+    batch_size: int = 512,
+    assistant_only: bool = True,
+):
     """Map encode() over a datasets.Dataset with a "messages" column: batched, in parallel when it helps.
 
     The result has input_ids and labels, which SFTTrainer uses as they are (it skips its own tokenization).
@@ -273,7 +291,9 @@ class TokenView:
         return self.text()
 
 
-def token_view(messages: list[dict], tokenizer, template: str | None = None, padding_free: bool = True) -> TokenView:
+def token_view(
+    messages: list[dict], tokenizer, template: str | None = None, padding_free: bool = True
+) -> TokenView:
     """Encode one conversation and pass it through the training collator; show what the loss sees.
 
     Labels in a causal LM are shifted inside the model: the label at position i is the token the
@@ -338,10 +358,16 @@ def check_template(tokenizer, template: str | None = None, sample: list[dict] | 
         add(Check("has a chat template", "fail", str(e)))
         return report
     has_markers = bool(GENERATION_RE.search(text))
-    add(Check("generation markers", "pass" if has_markers else "fail",
-              "{% generation %} marks the answer" if has_markers else
-              "no {% generation %} ... {% endgeneration %} around the assistant content: the answer tokens cannot be "
-              "found, so assistant-only loss is impossible. fix_template() can add them for common template shapes."))
+    add(
+        Check(
+            "generation markers",
+            "pass" if has_markers else "fail",
+            "{% generation %} marks the answer"
+            if has_markers
+            else "no {% generation %} ... {% endgeneration %} around the assistant content: the answer tokens cannot be "
+            "found, so assistant-only loss is impossible. fix_template() can add them for common template shapes.",
+        )
+    )
     try:
         full = tokenizer.apply_chat_template(sample, chat_template=text, tokenize=False)
     except Exception as e:
@@ -361,81 +387,166 @@ def check_template(tokenizer, template: str | None = None, sample: list[dict] | 
     if bad_prefix:
         k, part = bad_prefix
         at = next((i for i, (a, b) in enumerate(zip(part, full, strict=False)) if a != b), len(part))
-        add(Check("prefix-stable rendering", "fail",
-                  f"the first {k} turns render differently alone than inside the whole conversation (from char {at}: "
-                  f"{part[at:at + 40]!r} vs {full[at:at + 40]!r}): earlier answers are rendered differently in "
-                  "training than at inference (e.g. a template that strips reasoning from past turns)."))
+        add(
+            Check(
+                "prefix-stable rendering",
+                "fail",
+                f"the first {k} turns render differently alone than inside the whole conversation (from char {at}: "
+                f"{part[at : at + 40]!r} vs {full[at : at + 40]!r}): earlier answers are rendered differently in "
+                "training than at inference (e.g. a template that strips reasoning from past turns).",
+            )
+        )
     else:
-        add(Check("prefix-stable rendering", "pass", "every conversation prefix renders as a prefix of the whole"))
+        add(
+            Check(
+                "prefix-stable rendering",
+                "pass",
+                "every conversation prefix renders as a prefix of the whole",
+            )
+        )
 
     # generation prompt: what inference appends must be exactly where the training answer starts
-    prompt = tokenizer.apply_chat_template(sample[:-1], chat_template=text, tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        sample[:-1], chat_template=text, tokenize=False, add_generation_prompt=True
+    )
     answer = sample[-1]["content"]
-    if full.startswith(prompt) and full[len(prompt):].lstrip().startswith(answer.strip()):
-        add(Check("generation prompt", "pass", f"inference prompt ends with {prompt[-25:]!r}, where training answers start"))
+    if full.startswith(prompt) and full[len(prompt) :].lstrip().startswith(answer.strip()):
+        add(
+            Check(
+                "generation prompt",
+                "pass",
+                f"inference prompt ends with {prompt[-25:]!r}, where training answers start",
+            )
+        )
     else:
-        add(Check("generation prompt", "fail",
-                  f"the prompt with add_generation_prompt=True ({prompt[-30:]!r}) is not where the training answer starts "
-                  f"({full[len(prompt) - 30:len(prompt) + 10]!r}): the model is trained on a different context than it gets "
-                  "at inference. Fix the template's add_generation_prompt branch."))
+        add(
+            Check(
+                "generation prompt",
+                "fail",
+                f"the prompt with add_generation_prompt=True ({prompt[-30:]!r}) is not where the training answer starts "
+                f"({full[len(prompt) - 30 : len(prompt) + 10]!r}): the model is trained on a different context than it gets "
+                "at inference. Fix the template's add_generation_prompt branch.",
+            )
+        )
 
-    ids = tokenizer.apply_chat_template(sample, chat_template=text, tokenize=True, return_dict=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(sample, chat_template=text, tokenize=True, return_dict=True)[
+        "input_ids"
+    ]
     bos = tokenizer.bos_token_id
     if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
-        add(Check("single BOS", "fail", "the rendered text starts with BOS twice: the template writes bos_token and "
-                  "tokenization adds another. Tokenize rendered chats with add_special_tokens=False."))
+        add(
+            Check(
+                "single BOS",
+                "fail",
+                "the rendered text starts with BOS twice: the template writes bos_token and "
+                "tokenization adds another. Tokenize rendered chats with add_special_tokens=False.",
+            )
+        )
     else:
         again = tokenizer(full, add_special_tokens=True)["input_ids"]
         doubled = bos is not None and len(again) > 1 and again[0] == again[1] == bos
-        add(Check("single BOS", "warn" if doubled else "pass",
-                  "apply_chat_template gives one BOS, but tokenizer(rendered_text) would add a second: always "
-                  "tokenize rendered chats with add_special_tokens=False" if doubled else
-                  "no doubled BOS" if bos is not None and bos in ids else "no BOS token in this template"))
+        add(
+            Check(
+                "single BOS",
+                "warn" if doubled else "pass",
+                "apply_chat_template gives one BOS, but tokenizer(rendered_text) would add a second: always "
+                "tokenize rendered chats with add_special_tokens=False"
+                if doubled
+                else "no doubled BOS"
+                if bos is not None and bos in ids
+                else "no BOS token in this template",
+            )
+        )
 
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     if pad is None:
-        add(Check("pad token", "fail", "no pad token: batching needs one. fix_template() sets a distinct one "
-                  "(an unused reserved token if the vocabulary has one, else a new <|pad|>)."))
+        add(
+            Check(
+                "pad token",
+                "fail",
+                "no pad token: batching needs one. fix_template() sets a distinct one "
+                "(an unused reserved token if the vocabulary has one, else a new <|pad|>).",
+            )
+        )
     elif pad == eos:
-        add(Check("pad token", "warn",
-                  f"pad == eos ({tokenizer.eos_token!r}). This kit's labels come from the assistant mask, so eos is still "
-                  "trained here; but any collator that masks pad tokens would never train the end of turn and the model "
-                  "would not stop. fix_template() sets a distinct pad token."))
+        add(
+            Check(
+                "pad token",
+                "warn",
+                f"pad == eos ({tokenizer.eos_token!r}). This kit's labels come from the assistant mask, so eos is still "
+                "trained here; but any collator that masks pad tokens would never train the end of turn and the model "
+                "would not stop. fix_template() sets a distinct pad token.",
+            )
+        )
     else:
-        add(Check("pad token", "pass", f"pad {tokenizer.pad_token!r} is distinct from eos {tokenizer.eos_token!r}"))
+        add(
+            Check(
+                "pad token",
+                "pass",
+                f"pad {tokenizer.pad_token!r} is distinct from eos {tokenizer.eos_token!r}",
+            )
+        )
 
     if not has_markers:
         return report
-    enc = tokenizer.apply_chat_template(sample, chat_template=text, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
+    enc = tokenizer.apply_chat_template(
+        sample, chat_template=text, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     mask = enc["assistant_masks"]
     if not any(mask):
-        add(Check("assistant mask", "fail", "the generation block renders nothing for the sample: check that it wraps "
-                  "message['content'] of assistant turns"))
+        add(
+            Check(
+                "assistant mask",
+                "fail",
+                "the generation block renders nothing for the sample: check that it wraps "
+                "message['content'] of assistant turns",
+            )
+        )
         return report
     trained = tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m])
     answers = [m["content"] for m in sample if m["role"] == "assistant"]
     missing = [a for a in answers if a.strip() not in trained]
-    add(Check("assistant mask", "fail" if missing else "pass",
-              f"answers not inside the mask: {missing}" if missing else
-              f"{sum(mask)} of {len(mask)} tokens trained, covering every answer"))
+    add(
+        Check(
+            "assistant mask",
+            "fail" if missing else "pass",
+            f"answers not inside the mask: {missing}"
+            if missing
+            else f"{sum(mask)} of {len(mask)} tokens trained, covering every answer",
+        )
+    )
     # each answer span must end with a special end-of-turn token; one right after the span is left untrained
     specials = _added_tokens(tokenizer)
     spans_end = [i for i in range(len(mask)) if mask[i] and (i + 1 == len(mask) or not mask[i + 1])]
     unclosed = [i for i in spans_end if ids[i] not in specials]
     outside = [ids[i + 1] for i in unclosed if i + 1 < len(ids) and ids[i + 1] in specials]
     if not unclosed:
-        add(Check("end of turn trained", "pass",
-                  f"each answer ends with {tokenizer.convert_ids_to_tokens(ids[spans_end[0]])!r}, inside the mask"))
+        add(
+            Check(
+                "end of turn trained",
+                "pass",
+                f"each answer ends with {tokenizer.convert_ids_to_tokens(ids[spans_end[0]])!r}, inside the mask",
+            )
+        )
     elif outside:
         tok = tokenizer.convert_ids_to_tokens(outside[0])
-        add(Check("end of turn trained", "fail",
-                  f"{tok!r} follows each answer outside the generation block: it is never trained, so the model never "
-                  "learns to stop. Move {% endgeneration %} after it (fix_template() does)."))
+        add(
+            Check(
+                "end of turn trained",
+                "fail",
+                f"{tok!r} follows each answer outside the generation block: it is never trained, so the model never "
+                "learns to stop. Move {% endgeneration %} after it (fix_template() does).",
+            )
+        )
     else:
-        add(Check("end of turn trained", "warn",
-                  "no special end-of-turn token closes the answers: generation can only stop at max_new_tokens or "
-                  "on a stop string"))
+        add(
+            Check(
+                "end of turn trained",
+                "warn",
+                "no special end-of-turn token closes the answers: generation can only stop at max_new_tokens or "
+                "on a stop string",
+            )
+        )
     return report
 
 
@@ -495,7 +606,10 @@ def _add_generation_markers(text: str, specials: list[str]) -> str | None:
         if at is None:
             return m.group(0)
         var = _CONTENT_RE.match(terms[at]).group(1)
-        close = next(((i, cut) for i, t in enumerate(terms[at + 1:], at + 1) if (cut := _closes_turn(t, specials))), None)
+        close = next(
+            ((i, cut) for i, t in enumerate(terms[at + 1 :], at + 1) if (cut := _closes_turn(t, specials))),
+            None,
+        )
         if close is None:
             return m.group(0)
         i, cut = close
@@ -507,7 +621,7 @@ def _add_generation_markers(text: str, specials: list[str]) -> str | None:
         else:
             head, tail = term, ""
         inside = "+".join([*terms[at:i], head])
-        after = "+".join(x for x in [tail, *terms[i + 1:]] if x.strip())
+        after = "+".join(x for x in [tail, *terms[i + 1 :]] if x.strip())
         before = "+".join(terms[:at])
         # keep the original's whitespace control: '-' strips around it, '+' keeps what trim/lstrip_blocks would eat
         out = f"{{%{left or '+'} if {var}['role'] == 'assistant' %}}"
@@ -537,11 +651,13 @@ def _same_rendering(tokenizer, a: str, b: str, sample: list[dict]) -> str | None
         y = tokenizer.apply_chat_template(conv, chat_template=b, tokenize=False)
         if x != y:
             at = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y)))
-            return f"char {at}: {x[at:at + 40]!r} vs {y[at:at + 40]!r}"
+            return f"char {at}: {x[at : at + 40]!r} vs {y[at : at + 40]!r}"
     return None
 
 
-def fix_template(tokenizer, template: str | None = None, sample: list[dict] | None = None) -> tuple[str, list[str]]:
+def fix_template(
+    tokenizer, template: str | None = None, sample: list[dict] | None = None
+) -> tuple[str, list[str]]:
     """Propose a fix for a template that fails check_template, apply it to the tokenizer and re-check.
 
     Fixes, each kept only if the template still renders the sample exactly as before (the model
@@ -566,9 +682,11 @@ def fix_template(tokenizer, template: str | None = None, sample: list[dict] | No
         eot += ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>"]
         candidate = _add_generation_markers(text, eot)
         how = "wrapped each assistant answer and its end-of-turn token in {% generation %} markers"
-        if candidate is None or _same_rendering(tokenizer, original, candidate, sample) or not check_template(
-            tokenizer, candidate, sample
-        ).ok:
+        if (
+            candidate is None
+            or _same_rendering(tokenizer, original, candidate, sample)
+            or not check_template(tokenizer, candidate, sample).ok
+        ):
             family = next((fam for marker, fam in FAMILY_MARKERS.items() if marker in original), None)
             if family is None:
                 raise TemplateError(
@@ -589,17 +707,25 @@ def fix_template(tokenizer, template: str | None = None, sample: list[dict] | No
         text = candidate
         done.append(how + "; the rendering of the sample is unchanged")
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        reserved = [t for t in tokenizer.get_vocab() if "pad" in t.lower() and t.startswith("<") and t != tokenizer.eos_token]
+        reserved = [
+            t
+            for t in tokenizer.get_vocab()
+            if "pad" in t.lower() and t.startswith("<") and t != tokenizer.eos_token
+        ]
         if reserved:
             tokenizer.pad_token = sorted(reserved)[0]
             done.append(f"pad token set to the unused {tokenizer.pad_token!r} (no new embedding needed)")
         else:
             tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
-            done.append("added a new pad token <|pad|>: resize the model's embeddings (model.resize_token_embeddings)")
+            done.append(
+                "added a new pad token <|pad|>: resize the model's embeddings (model.resize_token_embeddings)"
+            )
     tokenizer.chat_template = text
     after = check_template(tokenizer, text, sample)
     if not after.ok:
-        raise TemplateError("the fixed template still fails: " + ", ".join(after.failed()) + "\n" + str(after))
+        raise TemplateError(
+            "the fixed template still fails: " + ", ".join(after.failed()) + "\n" + str(after)
+        )
     return text, done
 
 
@@ -619,7 +745,8 @@ class LengthReport:
             "max_length": max_length,
             "truncated_conversations": truncated / max(len(self.lengths), 1),
             "answer_tokens_lost": lost / max(n_trained, 1),
-            "no_answer_left": sum(bool(p) and min(p) >= max_length for p in self.answer_positions) / max(len(self.lengths), 1),
+            "no_answer_left": sum(bool(p) and min(p) >= max_length for p in self.answer_positions)
+            / max(len(self.lengths), 1),
         }
 
     def recommend(self, keep: float = 0.99, multiple: int = 64, limit: int | None = None) -> int:
@@ -641,4 +768,6 @@ def length_report(dataset_or_rows, tokenizer, template: str | None = None) -> Le
     else:
         enc = encode([r["messages"] for r in rows], tokenizer, template)
         ids, labels = enc["input_ids"], enc["labels"]
-    return LengthReport([len(x) for x in ids], [[i for i, t in enumerate(lab) if t != IGNORE] for lab in labels])
+    return LengthReport(
+        [len(x) for x in ids], [[i for i, t in enumerate(lab) if t != IGNORE] for lab in labels]
+    )

@@ -1,12 +1,12 @@
 """Command line: `python -m workshop_lib <command>` (or `workshop <command>` once installed).
 
-    demo [--name N]             notebooks 01 -> 05 headless on the tiny model, into runs/<N>/
-    plot RUN [RUN ...]          loss curves + summary of run folders (globs welcome), into each run / --out
-    plan RECIPE [-p key value]  memory and time estimate before you queue
-    doctor [--model M]          check the environment: versions, GPUs, Slurm, folders, caches
-    submit --profile P ...      render and sbatch the training job (see `submit --help`)
-    failure-report RUN          the last error of each rank of a run (printed by the batch job)
-    build-tiny-model            build (or find) the offline tiny chat model and print its folder
+demo [--name N]             notebooks 01 -> 05 headless on the tiny model, into runs/<N>/
+plot RUN [RUN ...]          loss curves + summary of run folders (globs welcome), into each run / --out
+plan RECIPE [-p key value]  memory and time estimate before you queue
+doctor [--model M]          check the environment: versions, GPUs, Slurm, folders, caches
+submit --profile P ...      render and sbatch the training job (see `submit --help`)
+failure-report RUN          the last error of each rank of a run (printed by the batch job)
+build-tiny-model            build (or find) the offline tiny chat model and print its folder
 """
 
 from __future__ import annotations
@@ -21,7 +21,13 @@ from pathlib import Path
 
 from .model import REPO_ROOT
 
-DEMO_NOTEBOOKS = ["01_data_formatting", "02_chat_templates", "03_train", "04_loss_curves", "05_chat_and_export"]
+DEMO_NOTEBOOKS = [
+    "01_data_formatting",
+    "02_chat_templates",
+    "03_train",
+    "04_loss_curves",
+    "05_chat_and_export",
+]
 
 
 def run_notebook(name: str, out_dir: Path, parameters: dict, log_output: bool = False) -> Path:
@@ -58,9 +64,13 @@ def demo(name: str | None, recipe_file: str = "recipes/tiny_cpu.yaml") -> int:
     params = {
         "01_data_formatting": {"output_dir": str(run_dir / "data")},
         "02_chat_templates": {"dataset": str(run_dir / "data" / "train.jsonl")},
-        "03_train": {"recipe_file": recipe_file, "run_name": name, "output_root": str(REPO_ROOT / "runs"),
-                     "train_file": str(run_dir / "data" / "train.jsonl"),
-                     "eval_file": str(run_dir / "data" / "eval.jsonl")},
+        "03_train": {
+            "recipe_file": recipe_file,
+            "run_name": name,
+            "output_root": str(REPO_ROOT / "runs"),
+            "train_file": str(run_dir / "data" / "train.jsonl"),
+            "eval_file": str(run_dir / "data" / "eval.jsonl"),
+        },
         "04_loss_curves": {"runs": str(run_dir)},
         "05_chat_and_export": {"run": str(run_dir)},
     }
@@ -86,9 +96,12 @@ def print_summary(run_dir: Path, seconds: float) -> None:
         "",
         f"demo finished in {seconds:.0f} s: {run_dir}",
         f"  final train loss   {loss[-1]:.4f}" if loss else "  final train loss   -",
-        f"  final eval loss    {result['eval_loss']:.4f}" if "eval_loss" in result else "  final eval loss    -",
+        f"  final eval loss    {result['eval_loss']:.4f}"
+        if "eval_loss" in result
+        else "  final eval loss    -",
         f"  held-out exact match: before {em_b:.1%} -> after {em_a:.1%} (n={result.get('exact_match_n')})"
-        if em_a is not None and em_b is not None else "  held-out exact match: -",
+        if em_a is not None and em_b is not None
+        else "  held-out exact match: -",
         f"  executed notebooks {run_dir / 'notebooks'}",
         f"  model              {run_dir / 'final'}",
     ]
@@ -110,15 +123,19 @@ def plot(paths: list[str], out: str | None, x: str, smoothing: float) -> int:
     for p in problems:
         print(f"plot: {p}", file=sys.stderr)
     if not runs:
-        print("plot: no run to plot (see above). Give run folders written by notebook 03, e.g. runs/demo-*.",
-              file=sys.stderr)
+        print(
+            "plot: no run to plot (see above). Give run folders written by notebook 03, e.g. runs/demo-*.",
+            file=sys.stderr,
+        )
         return 2
     target = Path(out) if out else (runs[0].path if len(runs) == 1 else Path("runs") / "comparison")
     fig = plot_runs(runs, x=x, smoothing=smoothing)
     written = save_figure(fig, target / "loss_curves")
     table = summary_table(runs)
     table.to_csv(target / "summary.csv", index=False)
-    (target / "summary.md").write_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string())
+    (target / "summary.md").write_text(
+        table.to_markdown(index=False) if _has_tabulate() else table.to_string()
+    )
     print(table.to_string(index=False))
     print("wrote", *written, target / "summary.csv", sep="\n  ")
     return 0
@@ -133,8 +150,16 @@ def _has_tabulate() -> bool:
         return False
 
 
-SECONDARY = ("Connection reset by peer", "Connection closed by peer", "timed out", "Timeout", "recvBytes",
-             "remote worker", "NCCL communicator was aborted", "ProcessGroupGloo")
+SECONDARY = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "timed out",
+    "Timeout",
+    "recvBytes",
+    "remote worker",
+    "NCCL communicator was aborted",
+    "ProcessGroupGloo",
+)
 
 
 def failure_report(run_dir: str) -> int:
@@ -182,15 +207,20 @@ def main(argv: list[str] | None = None) -> int:
         from . import submit
 
         return submit.main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m workshop_lib", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m workshop_lib",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="the demo pipeline on the tiny model")
     d.add_argument("--name", help="run folder name under runs/ (default: demo-<date>-<time>)")
     d.add_argument("--recipe", default="recipes/tiny_cpu.yaml")
     p = sub.add_parser("plot", help="loss curves and summary of run folders")
     p.add_argument("runs", nargs="+", help="run folders or globs (quote them: 'runs/sweep-*')")
-    p.add_argument("--out", help="folder for the plot and summary (default: the run folder, or runs/comparison)")
+    p.add_argument(
+        "--out", help="folder for the plot and summary (default: the run folder, or runs/comparison)"
+    )
     p.add_argument("--x", default="step", choices=["step", "epoch", "tokens"])
     p.add_argument("--smoothing", type=float, default=0.6)
     sub.add_parser("build-tiny-model", help="build the offline tiny chat model and print its folder")

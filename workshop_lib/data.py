@@ -123,10 +123,14 @@ def read_rows(path: str | Path, report: Report | None = None) -> list[Row]:
     path = Path(path)
     report = report if report is not None else Report(str(path))
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder. Check the path (relative paths start at {Path.cwd()}).")
+        raise FileNotFoundError(
+            f"{path}: no such file or folder. Check the path (relative paths start at {Path.cwd()})."
+        )
     if path.is_dir():
         if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
-            raise ValueError(f"{path}: a folder, but not one written by datasets' save_to_disk. Pass a file instead.")
+            raise ValueError(
+                f"{path}: a folder, but not one written by datasets' save_to_disk. Pass a file instead."
+            )
         from datasets import load_from_disk
 
         ds = load_from_disk(str(path))
@@ -156,9 +160,14 @@ def read_rows(path: str | Path, report: Report | None = None) -> list[Row]:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             report.problems.append(
-                Problem(str(path), e.lineno, "(file)", f"invalid JSON: {e.msg} at column {e.colno}",
-                        "repair the JSON (a JSON file holds one array of records; use .jsonl for one record per line)",
-                        kind="invalid JSON")
+                Problem(
+                    str(path),
+                    e.lineno,
+                    "(file)",
+                    f"invalid JSON: {e.msg} at column {e.colno}",
+                    "repair the JSON (a JSON file holds one array of records; use .jsonl for one record per line)",
+                    kind="invalid JSON",
+                )
             )
             return []
         if isinstance(data, dict):  # {"data": [...]} and similar wrappers
@@ -178,9 +187,14 @@ def read_rows(path: str | Path, report: Report | None = None) -> list[Row]:
         except json.JSONDecodeError as e:
             report.rows += 1
             report.problems.append(
-                Problem(str(path), number, "(line)", f"invalid JSON: {e.msg} at column {e.colno}",
-                        "repair the line: each line of a .jsonl file is one complete JSON object",
-                        kind="invalid JSON")
+                Problem(
+                    str(path),
+                    number,
+                    "(line)",
+                    f"invalid JSON: {e.msg} at column {e.colno}",
+                    "repair the line: each line of a .jsonl file is one complete JSON object",
+                    kind="invalid JSON",
+                )
             )
     return rows
 
@@ -262,9 +276,16 @@ def to_messages(record: dict, fmt: str, columns: dict[str, str] | None = None) -
         prompt = record["prompt"]
         completion = record.get("completion", record.get("response", record.get("chosen")))
         # TRL's conversational prompt-completion: both sides already lists of turns
-        p = _normalise_turns(prompt, "role", "content") if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        c = (_normalise_turns(completion, "role", "content") if isinstance(completion, list)
-             else [{"role": "assistant", "content": completion}])
+        p = (
+            _normalise_turns(prompt, "role", "content")
+            if isinstance(prompt, list)
+            else [{"role": "user", "content": prompt}]
+        )
+        c = (
+            _normalise_turns(completion, "role", "content")
+            if isinstance(completion, list)
+            else [{"role": "assistant", "content": completion}]
+        )
         return [*p, *c] if isinstance(p, list) and isinstance(c, list) else p
     if fmt == "qa":
         for q, a in QA_COLUMNS:
@@ -280,52 +301,105 @@ def to_messages(record: dict, fmt: str, columns: dict[str, str] | None = None) -
 def validate(messages: Any) -> list[tuple[str, str, str, str]]:
     """Check one conversation; return (field, message, hint, kind) for each problem found."""
     if not isinstance(messages, list) or not messages:
-        return [("messages", f"expected a non-empty list of turns, found {type(messages).__name__}"
-                 if not isinstance(messages, list) else "no turns",
-                 "give each row a list of {\"role\": ..., \"content\": ...} turns", "no turns")]
+        return [
+            (
+                "messages",
+                f"expected a non-empty list of turns, found {type(messages).__name__}"
+                if not isinstance(messages, list)
+                else "no turns",
+                'give each row a list of {"role": ..., "content": ...} turns',
+                "no turns",
+            )
+        ]
     found = []
     roles = []
     for i, m in enumerate(messages):
         f = f"messages[{i}]"
         if not isinstance(m, dict):
-            found.append((f, f"a turn must be an object, found {type(m).__name__}",
-                          "write each turn as {\"role\": ..., \"content\": ...}", "malformed turn"))
+            found.append(
+                (
+                    f,
+                    f"a turn must be an object, found {type(m).__name__}",
+                    'write each turn as {"role": ..., "content": ...}',
+                    "malformed turn",
+                )
+            )
             roles.append(None)
             continue
         role = m.get("role")
         if role is None:
-            found.append((f"{f}.role", "missing role", f"add a role: one of {', '.join(ROLES)}", "missing role"))
+            found.append(
+                (f"{f}.role", "missing role", f"add a role: one of {', '.join(ROLES)}", "missing role")
+            )
         elif role not in ROLES:
             known = ", ".join(ROLES)
-            found.append((f"{f}.role", f"unknown role {role!r}",
-                          f"use one of {known} (aliases such as human/gpt/bot are mapped on conversion)",
-                          "unknown role"))
+            found.append(
+                (
+                    f"{f}.role",
+                    f"unknown role {role!r}",
+                    f"use one of {known} (aliases such as human/gpt/bot are mapped on conversion)",
+                    "unknown role",
+                )
+            )
         content = m.get("content")
         if "content" not in m:
-            found.append((f"{f}.content", "missing content", "add the turn's text as \"content\"", "missing content"))
+            found.append(
+                (f"{f}.content", "missing content", 'add the turn\'s text as "content"', "missing content")
+            )
         elif not isinstance(content, str):
-            found.append((f"{f}.content", f"content must be a string, found {type(content).__name__}",
-                          "quote the value (e.g. \"42\") or join a list of parts into one string", "non-string content"))
+            found.append(
+                (
+                    f"{f}.content",
+                    f"content must be a string, found {type(content).__name__}",
+                    'quote the value (e.g. "42") or join a list of parts into one string',
+                    "non-string content",
+                )
+            )
         elif not content.strip():
-            found.append((f"{f}.content", "empty content",
-                          "fill in the text or drop the turn (an empty answer teaches the model to say nothing)",
-                          "empty content"))
+            found.append(
+                (
+                    f"{f}.content",
+                    "empty content",
+                    "fill in the text or drop the turn (an empty answer teaches the model to say nothing)",
+                    "empty content",
+                )
+            )
         roles.append(role)
 
     for i, role in enumerate(roles):
         if role == "system" and i > 0:
-            found.append((f"messages[{i}].role", "a system message that is not first",
-                          "move the system message to the start of the conversation", "system not first"))
+            found.append(
+                (
+                    f"messages[{i}].role",
+                    "a system message that is not first",
+                    "move the system message to the start of the conversation",
+                    "system not first",
+                )
+            )
         if i > 0 and role in ("user", "assistant") and role == roles[i - 1]:
-            found.append((f"messages[{i}].role", f"two {role} turns in a row",
-                          "merge the consecutive turns into one, or insert the missing reply", "consecutive roles"))
+            found.append(
+                (
+                    f"messages[{i}].role",
+                    f"two {role} turns in a row",
+                    "merge the consecutive turns into one, or insert the missing reply",
+                    "consecutive roles",
+                )
+            )
     if any(r not in ROLES for r in roles):
         return found  # a missing or unknown role was reported; the checks below would only echo it
     if "assistant" not in roles:
-        found.append(("messages", "no assistant turn", "add the answer the model should learn", "no assistant turn"))
+        found.append(
+            ("messages", "no assistant turn", "add the answer the model should learn", "no assistant turn")
+        )
     elif roles[-1] != "assistant":
-        found.append((f"messages[{len(roles) - 1}].role", f"the conversation ends with {roles[-1]!r}, not the assistant",
-                      "end with the assistant's answer, or drop the trailing turn", "not ending with assistant"))
+        found.append(
+            (
+                f"messages[{len(roles) - 1}].role",
+                f"the conversation ends with {roles[-1]!r}, not the assistant",
+                "end with the assistant's answer, or drop the trailing turn",
+                "not ending with assistant",
+            )
+        )
     return found
 
 
@@ -356,19 +430,30 @@ def load_conversations(
         row_fmt = "columns" if columns else (fmt if fmt != "auto" else detect_format(record))
         if row_fmt is None:
             keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
-            report.problems.append(Problem(
-                field="(row)", message=f"unrecognised format (fields: {keys})",
-                hint="use messages, conversations (ShareGPT), instruction/output (Alpaca), prompt/completion "
-                     "or question/answer fields, or pass columns={'user': ..., 'assistant': ...}",
-                kind="unknown format", **where))
+            report.problems.append(
+                Problem(
+                    field="(row)",
+                    message=f"unrecognised format (fields: {keys})",
+                    hint="use messages, conversations (ShareGPT), instruction/output (Alpaca), prompt/completion "
+                    "or question/answer fields, or pass columns={'user': ..., 'assistant': ...}",
+                    kind="unknown format",
+                    **where,
+                )
+            )
             continue
         formats[row_fmt] += 1
         try:
             messages = to_messages(record, row_fmt, columns)
         except (KeyError, TypeError, AttributeError) as e:
-            report.problems.append(Problem(field="(row)", message=f"cannot read as {row_fmt}: {e!r}",
-                                           hint=f"check the row has the fields of the {row_fmt} format",
-                                           kind="malformed row", **where))
+            report.problems.append(
+                Problem(
+                    field="(row)",
+                    message=f"cannot read as {row_fmt}: {e!r}",
+                    hint=f"check the row has the fields of the {row_fmt} format",
+                    kind="malformed row",
+                    **where,
+                )
+            )
             continue
         problems = validate(messages)
         for fld, msg, hint, kind in problems:

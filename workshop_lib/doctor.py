@@ -1,6 +1,6 @@
 """Doctor: is this environment ready to train? Clear PASS / WARN / FAIL lines and an exit status.
 
-    python -m workshop_lib doctor [--model PATH_OR_ID]
+python -m workshop_lib doctor [--model PATH_OR_ID]
 """
 
 from __future__ import annotations
@@ -13,8 +13,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-STACK = ["torch", "transformers", "trl", "accelerate", "datasets", "peft", "deepspeed", "papermill", "jupyterlab",
-         "ipywidgets", "matplotlib"]
+STACK = [
+    "torch",
+    "transformers",
+    "trl",
+    "accelerate",
+    "datasets",
+    "peft",
+    "deepspeed",
+    "papermill",
+    "jupyterlab",
+    "ipywidgets",
+    "matplotlib",
+]
 REQUIRED = {"torch", "transformers", "trl", "accelerate", "datasets", "peft", "papermill"}
 
 
@@ -47,8 +58,13 @@ def check_stack() -> list[Line]:
         if v:
             out.append(Line("PASS", name, v))
         else:
-            out.append(Line("FAIL" if name in REQUIRED else "WARN", name,
-                            "not installed: run `make setup` (or pip install -e '.[dev]')"))
+            out.append(
+                Line(
+                    "FAIL" if name in REQUIRED else "WARN",
+                    name,
+                    "not installed: run `make setup` (or pip install -e '.[dev]')",
+                )
+            )
     return out
 
 
@@ -57,16 +73,27 @@ def check_gpus() -> list[Line]:
         import torch
     except ImportError:
         return [Line("FAIL", "GPUs", "torch is not installed")]
-    backend = "ROCm " + torch.version.hip if getattr(torch.version, "hip", None) else (
-        "CUDA " + torch.version.cuda if torch.version.cuda else "CPU-only build")
+    backend = (
+        "ROCm " + torch.version.hip
+        if getattr(torch.version, "hip", None)
+        else ("CUDA " + torch.version.cuda if torch.version.cuda else "CPU-only build")
+    )
     # count without initialising CUDA in this process (a notebook launches forked workers later)
     n = torch.cuda.device_count()
     if n == 0:
-        return [Line("WARN", "GPUs", f"none visible ({backend}): training runs on the CPU (fine for the tiny demo)")]
+        return [
+            Line(
+                "WARN", "GPUs", f"none visible ({backend}): training runs on the CPU (fine for the tiny demo)"
+            )
+        ]
     lines = [Line("PASS", "GPUs", f"{n} visible, {backend}")]
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         for i, row in enumerate(out.stdout.strip().splitlines()):
             lines.append(Line("PASS", f"GPU {i}", row.strip()))
     except (OSError, subprocess.TimeoutExpired):
@@ -76,12 +103,24 @@ def check_gpus() -> list[Line]:
 
 def check_slurm() -> list[Line]:
     if not shutil.which("sbatch"):
-        return [Line("WARN", "Slurm", "sbatch not found: batch jobs need a cluster login node (interactive use is fine)")]
+        return [
+            Line(
+                "WARN",
+                "Slurm",
+                "sbatch not found: batch jobs need a cluster login node (interactive use is fine)",
+            )
+        ]
     job = os.environ.get("SLURM_JOB_ID")
     from .model import REPO_ROOT
 
     profiles = sorted(p.stem for p in (REPO_ROOT / "slurm" / "profiles").glob("*.yaml"))
-    lines = [Line("PASS", "Slurm", f"sbatch found{f', inside job {job}' if job else ''}; profiles: {', '.join(profiles)}")]
+    lines = [
+        Line(
+            "PASS",
+            "Slurm",
+            f"sbatch found{f', inside job {job}' if job else ''}; profiles: {', '.join(profiles)}",
+        )
+    ]
     cluster = os.environ.get("SLURM_CLUSTER_NAME") or ""
     if "lumi" in cluster.lower() or Path("/appl/lumi").exists():
         lines.append(Line("PASS", "profile", "LUMI detected: use --profile lumi"))
@@ -105,12 +144,22 @@ def check_folders() -> list[Line]:
     from .model import REPO_ROOT, cache_dir
 
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
-    lines = [check_folder("run folder", REPO_ROOT / "runs"), check_folder("kit cache", cache_dir()),
-             check_folder("HF cache", hf_home)]
+    lines = [
+        check_folder("run folder", REPO_ROOT / "runs"),
+        check_folder("kit cache", cache_dir()),
+        check_folder("HF cache", hf_home),
+    ]
     offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
-    lines.append(Line("PASS", "hub", "HF_HUB_OFFLINE=1: models load from local folders and the cache only") if offline
-                 else Line("WARN", "hub", "online mode: on compute nodes without internet set HF_HUB_OFFLINE=1 "
-                                          "(and download models on the login node first)"))
+    lines.append(
+        Line("PASS", "hub", "HF_HUB_OFFLINE=1: models load from local folders and the cache only")
+        if offline
+        else Line(
+            "WARN",
+            "hub",
+            "online mode: on compute nodes without internet set HF_HUB_OFFLINE=1 "
+            "(and download models on the login node first)",
+        )
+    )
     return lines
 
 
@@ -128,8 +177,13 @@ def check_model(model: str) -> list[Line]:
     try:
         tok = AutoTokenizer.from_pretrained(path)
         has = bool(tok.chat_template)
-        lines.append(Line("PASS" if has else "WARN", "tokenizer",
-                          f"{type(tok).__name__}, chat template {'present' if has else 'missing: set template: in the recipe'}"))
+        lines.append(
+            Line(
+                "PASS" if has else "WARN",
+                "tokenizer",
+                f"{type(tok).__name__}, chat template {'present' if has else 'missing: set template: in the recipe'}",
+            )
+        )
     except Exception as e:
         lines.append(Line("FAIL", "tokenizer", f"{model}: {type(e).__name__}: {str(e)[:300]}"))
     return lines

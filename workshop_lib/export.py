@@ -17,7 +17,9 @@ def run_recipe(run_dir: str | Path) -> dict:
 
     path = Path(run_dir) / "recipe.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"{run_dir}: not a run folder (no recipe.yaml). Give runs/<name>, written by notebook 03.")
+        raise FileNotFoundError(
+            f"{run_dir}: not a run folder (no recipe.yaml). Give runs/<name>, written by notebook 03."
+        )
     return yaml.safe_load(path.read_text()) or {}
 
 
@@ -31,8 +33,10 @@ def load_finetuned(run_dir: str | Path):
 
     final = Path(run_dir) / "final"
     if not final.exists():
-        raise FileNotFoundError(f"{final}: the run has no final model yet (still training, or stopped early); "
-                                f"its checkpoints are in {Path(run_dir)}/checkpoint-*")
+        raise FileNotFoundError(
+            f"{final}: the run has no final model yet (still training, or stopped early); "
+            f"its checkpoints are in {Path(run_dir)}/checkpoint-*"
+        )
     tokenizer = AutoTokenizer.from_pretrained(final)
     if is_adapter(final):
         from peft import AutoPeftModelForCausalLM
@@ -63,7 +67,9 @@ def merge_lora(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
         raise ValueError(f"{run_dir}/final holds full weights, not a LoRA adapter: it is standalone already.")
     out = Path(out_dir) if out_dir else Path(run_dir) / "merged"
     if out.exists():
-        raise FileExistsError(f"{out} exists: remove it or choose another folder (a model is never overwritten).")
+        raise FileExistsError(
+            f"{out} exists: remove it or choose another folder (a model is never overwritten)."
+        )
     merged = model.merge_and_unload()
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -94,9 +100,12 @@ def generation_notes(model, tokenizer) -> str:
 
     cfg = model.generation_config
     stops = generate.end_of_turn_ids(tokenizer, model)
-    return json.dumps({
-        "stops on": [tokenizer.convert_ids_to_tokens(i) for i in stops],
-        "pad_token": tokenizer.pad_token,
-        "max_new_tokens (default)": cfg.max_new_tokens,
-        "do_sample": cfg.do_sample,
-    }, indent=1)
+    return json.dumps(
+        {
+            "stops on": [tokenizer.convert_ids_to_tokens(i) for i in stops],
+            "pad_token": tokenizer.pad_token,
+            "max_new_tokens (default)": cfg.max_new_tokens,
+            "do_sample": cfg.do_sample,
+        },
+        indent=1,
+    )

@@ -27,8 +27,9 @@ def end_of_turn_ids(tokenizer, model=None) -> list[int]:
     return sorted(set(ids))
 
 
-def answer(model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int = 64,
-           batch_size: int = 32) -> list[str]:
+def answer(
+    model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int = 64, batch_size: int = 32
+) -> list[str]:
     """Greedy answers to each conversation (its turns so far, ending with a user turn)."""
     import torch
 
@@ -41,13 +42,16 @@ def answer(model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens
     out: list[str] = []
     try:
         for i in range(0, len(conversations), batch_size):
-            prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                       for c in conversations[i:i + batch_size]]
+            prompts = [
+                tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                for c in conversations[i : i + batch_size]
+            ]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                     pad_token_id=pad)
-            for seq in gen[:, enc["input_ids"].shape[1]:]:
+                gen = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop, pad_token_id=pad
+                )
+            for seq in gen[:, enc["input_ids"].shape[1] :]:
                 out.append(tokenizer.decode(seq, skip_special_tokens=True).strip())
     finally:
         tokenizer.padding_side = side
@@ -55,7 +59,9 @@ def answer(model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens
     return out
 
 
-def exact_match(model, tokenizer, rows: Sequence[dict], n: int | None = None, max_new_tokens: int = 64) -> dict:
+def exact_match(
+    model, tokenizer, rows: Sequence[dict], n: int | None = None, max_new_tokens: int = 64
+) -> dict:
     """Answer the last user turn of each held-out conversation; score exact match with its reference.
 
     Returns {"exact_match": fraction, "n": count, "examples": [(prompt, reference, answer), ...]}.

@@ -41,7 +41,9 @@ def _slurm_first_host() -> str | None:
     if not nodelist:
         return None
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=20
+        )
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.split()[0]
     except (OSError, subprocess.TimeoutExpired):
@@ -52,13 +54,20 @@ def _slurm_first_host() -> str | None:
     return m.group(1) + m.group(2) if m else first
 
 
-def topology(nnodes: int = 1, nproc_per_node: int = 1, node_rank: int | None = None,
-             master_addr: str | None = None, master_port: int | None = None) -> Topology:
+def topology(
+    nnodes: int = 1,
+    nproc_per_node: int = 1,
+    node_rank: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+) -> Topology:
     """Fill in what was not given from SLURM (SLURM_NODEID, the node list, the job id) or local defaults."""
     if node_rank is None:
         node_rank = int(os.environ.get("SLURM_NODEID", os.environ.get("NODE_RANK", 0))) if nnodes > 1 else 0
     if master_addr is None:
-        master_addr = os.environ.get("MASTER_ADDR") or (_slurm_first_host() if nnodes > 1 else None) or "127.0.0.1"
+        master_addr = (
+            os.environ.get("MASTER_ADDR") or (_slurm_first_host() if nnodes > 1 else None) or "127.0.0.1"
+        )
     if master_port is None:
         if os.environ.get("MASTER_PORT"):
             master_port = int(os.environ["MASTER_PORT"])
@@ -128,9 +137,17 @@ def _recorded(fn_and_args: tuple) -> Any:
     return record(_worker)(*fn_and_args)
 
 
-def run(fn: Callable, *args: Any, nproc_per_node: int = 1, nnodes: int = 1, node_rank: int | None = None,
-        master_addr: str | None = None, master_port: int | None = None, quiet_ranks: bool = True,
-        rdzv_timeout_s: int = 300) -> dict[int, Any]:
+def run(
+    fn: Callable,
+    *args: Any,
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    node_rank: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    quiet_ranks: bool = True,
+    rdzv_timeout_s: int = 300,
+) -> dict[int, Any]:
     """Run fn(*args) on every worker and return {global rank: result} for this node's workers.
 
     nproc_per_node=1 and nnodes=1: fn runs here, in-process (no process group), returns {0: result}.
@@ -168,7 +185,9 @@ def _failure_text(e: Any) -> str:
     lines = []
     for rank, failure in sorted(e.failures.items()):
         msg = failure.message
-        if isinstance(msg, dict):  # the error file's content: {"message": ..., "extraInfo": {"py_callstack": ...}}
+        if isinstance(
+            msg, dict
+        ):  # the error file's content: {"message": ..., "extraInfo": {"py_callstack": ...}}
             info = msg.get("extraInfo", {})
             msg = info.get("py_callstack") or msg.get("message") or str(msg)
         if not msg or msg == "<N/A>" or "To enable traceback" in str(msg):

@@ -43,7 +43,9 @@ def cache_dir() -> Path:
 
 
 def _corpus_files() -> list[Path]:
-    files = sorted((REPO_ROOT / "data" / "synthetic").glob("*.jsonl")) + sorted((REPO_ROOT / "data" / "raw").glob("*"))
+    files = sorted((REPO_ROOT / "data" / "synthetic").glob("*.jsonl")) + sorted(
+        (REPO_ROOT / "data" / "raw").glob("*")
+    )
     if not files:
         raise FileNotFoundError(
             f"no bundled data under {REPO_ROOT / 'data'}: the tiny model's tokenizer is trained on it. "
@@ -133,7 +135,7 @@ def build_tiny_model(out_dir: str | Path | None = None, force: bool = False) -> 
 
 
 def resolve_model(name_or_path: str | Path) -> str:
-    """"tiny" -> the built tiny model's directory; a local directory or hub id is returned as is."""
+    """ "tiny" -> the built tiny model's directory; a local directory or hub id is returned as is."""
     if str(name_or_path) == TINY:
         return str(build_tiny_model())
     path = Path(name_or_path).expanduser()

@@ -38,7 +38,9 @@ def training_plan(recipe, n_conversations: int, n_tokens: int, n_trained_tokens:
 
 def format_plan(plan: dict[str, Any]) -> str:
     width = max(map(len, plan))
-    return "\n".join(f"{k:<{width}}  {v:,}" if isinstance(v, int) else f"{k:<{width}}  {v}" for k, v in plan.items())
+    return "\n".join(
+        f"{k:<{width}}  {v:,}" if isinstance(v, int) else f"{k:<{width}}  {v}" for k, v in plan.items()
+    )
 
 
 # ----------------------------------------------------------------------------- memory and time
@@ -61,8 +63,25 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 GiB = 2**30
 PEAK_TFLOPS = {"mi250x-gcd": 191.5, "mi300x": 1307.0, "h100": 989.0, "a100": 312.0, "cpu": 0.5}
-GATED_MLP = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo",
-             "olmo2", "granite", "cohere", "internlm2", "deepseek_v2", "starcoder2_gated", "yi"}
+GATED_MLP = {
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "granite",
+    "cohere",
+    "internlm2",
+    "deepseek_v2",
+    "starcoder2_gated",
+    "yi",
+}
 
 
 class PlanError(ValueError):
@@ -75,8 +94,10 @@ def _field(cfg: dict, names: tuple[str, ...], source: str, default=None):
             return cfg[n]
     if default is not None:
         return default
-    raise PlanError(f"{source}: none of the fields {', '.join(names)} is set: the planner cannot tell the model's "
-                    f"size. Add it to the config, or plan with a config of the same architecture.")
+    raise PlanError(
+        f"{source}: none of the fields {', '.join(names)} is set: the planner cannot tell the model's "
+        f"size. Add it to the config, or plan with a config of the same architecture."
+    )
 
 
 def read_config(model_or_path) -> dict:
@@ -98,8 +119,10 @@ def read_config(model_or_path) -> dict:
 
             return dict(AutoConfig.from_pretrained(str(model_or_path)).to_dict(), _source=str(model_or_path))
         except Exception as e:
-            raise PlanError(f"{path}: no config.json (and {model_or_path!r} could not be loaded as a hub id: "
-                            f"{type(e).__name__}). Give a model folder or its config.json.") from None
+            raise PlanError(
+                f"{path}: no config.json (and {model_or_path!r} could not be loaded as a hub id: "
+                f"{type(e).__name__}). Give a model folder or its config.json."
+            ) from None
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -118,7 +141,11 @@ def count_parameters(cfg: dict) -> dict[str, int]:
     head_dim = int(cfg.get("head_dim") or h // heads)
     inter = int(_field(cfg, ("intermediate_size", "n_inner", "ffn_hidden_size"), src, default=4 * h))
     model_type = str(cfg.get("model_type", ""))
-    gated = model_type in GATED_MLP or cfg.get("hidden_act") in ("silu", "swiglu", "gelu_pytorch_tanh") and model_type != "bloom"
+    gated = (
+        model_type in GATED_MLP
+        or cfg.get("hidden_act") in ("silu", "swiglu", "gelu_pytorch_tanh")
+        and model_type != "bloom"
+    )
     experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 1)
     attn = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h
     mlp = (3 if gated else 2) * h * inter * experts
@@ -126,9 +153,21 @@ def count_parameters(cfg: dict) -> dict[str, int]:
     embed = vocab * h
     tied = cfg.get("tie_word_embeddings", model_type in ("bloom", "gpt2"))
     total = embed + (0 if tied else vocab * h) + layers * per_layer + h
-    return {"total": total, "embedding": embed, "per_layer": per_layer, "attention": attn, "mlp": mlp,
-            "layers": layers, "hidden": h, "vocab": vocab, "heads": heads, "kv_heads": kv, "head_dim": head_dim,
-            "intermediate": inter, "gated": gated}
+    return {
+        "total": total,
+        "embedding": embed,
+        "per_layer": per_layer,
+        "attention": attn,
+        "mlp": mlp,
+        "layers": layers,
+        "hidden": h,
+        "vocab": vocab,
+        "heads": heads,
+        "kv_heads": kv,
+        "head_dim": head_dim,
+        "intermediate": inter,
+        "gated": gated,
+    }
 
 
 def lora_parameters(counts: dict, r: int = 16) -> int:
@@ -140,10 +179,19 @@ def lora_parameters(counts: dict, r: int = 16) -> int:
     return counts["layers"] * (attn + mlp)
 
 
-def estimate_memory(cfg: dict, method: str = "full", precision: str = "bf16", optimizer: str = "adamw",
-                    strategy: str = "ddp", seq_len: int = 2048, micro_batch: int = 1,
-                    activation_checkpointing: bool = True, world_size: int = 1, lora_r: int = 16,
-                    deepspeed: bool | None = None) -> dict[str, float]:
+def estimate_memory(
+    cfg: dict,
+    method: str = "full",
+    precision: str = "bf16",
+    optimizer: str = "adamw",
+    strategy: str = "ddp",
+    seq_len: int = 2048,
+    micro_batch: int = 1,
+    activation_checkpointing: bool = True,
+    world_size: int = 1,
+    lora_r: int = 16,
+    deepspeed: bool | None = None,
+) -> dict[str, float]:
     """Per-GPU memory in GiB split into weights, gradients, optimizer states, activations, overhead."""
     c = count_parameters(cfg)
     n = c["total"]
@@ -188,8 +236,15 @@ def flops_per_token(n_params: int, method: str = "full", activation_checkpointin
     return (6 if method == "full" else 4) * n_params + (2 * n_params if activation_checkpointing else 0)
 
 
-def plan_nodes(cfg: dict, gpu_memory_gb: float, gpus_per_node: int = 8, max_nodes: int = 64,
-               headroom: float = 0.9, comfortable: float = 0.7, **kw) -> dict:
+def plan_nodes(
+    cfg: dict,
+    gpu_memory_gb: float,
+    gpus_per_node: int = 8,
+    max_nodes: int = 64,
+    headroom: float = 0.9,
+    comfortable: float = 0.7,
+    **kw,
+) -> dict:
     """Smallest node count whose per-GPU estimate fits (<= 90% of memory), and the smallest with room to spare
     (<= 70%: allocator fragmentation, collective buffers, a longer batch than planned)."""
     fits = comfy = None
@@ -207,38 +262,75 @@ def plan_nodes(cfg: dict, gpu_memory_gb: float, gpus_per_node: int = 8, max_node
     return {"min_nodes": fits, "comfortable_nodes": comfy, "per_node_count": rows}
 
 
-def time_per_epoch(n_params: int, tokens: int, gpus: int, peak_tflops: float, mfu: float = 0.35,
-                   method: str = "full", activation_checkpointing: bool = True) -> float:
+def time_per_epoch(
+    n_params: int,
+    tokens: int,
+    gpus: int,
+    peak_tflops: float,
+    mfu: float = 0.35,
+    method: str = "full",
+    activation_checkpointing: bool = True,
+) -> float:
     """Seconds for one epoch of `tokens` tokens."""
-    return flops_per_token(n_params, method, activation_checkpointing) * tokens / (gpus * peak_tflops * 1e12 * mfu)
+    return (
+        flops_per_token(n_params, method, activation_checkpointing)
+        * tokens
+        / (gpus * peak_tflops * 1e12 * mfu)
+    )
 
 
-def plan_recipe(recipe, gpu_memory_gb: float | None = None, gpus_per_node: int | None = None,
-                peak_tflops: float | None = None, mfu: float = 0.35, tokens: int | None = None) -> dict:
+def plan_recipe(
+    recipe,
+    gpu_memory_gb: float | None = None,
+    gpus_per_node: int | None = None,
+    peak_tflops: float | None = None,
+    mfu: float = 0.35,
+    tokens: int | None = None,
+) -> dict:
     """Memory and time for a recipe: from its model's config.json only."""
     cfg = read_config(recipe.kit["model"])
     gpus = gpus_per_node or recipe.kit["nproc_per_node"]
     world = gpus * recipe.kit["nnodes"]
     strategy = recipe.kit["distributed"]
     precision = "fp32" if recipe.sft.get("bf16") is False else "bf16"
-    kw = dict(method=recipe.kit["method"], precision=precision, strategy=strategy,
-              seq_len=int(recipe.sft.get("max_length") or 2048),
-              micro_batch=int(recipe.sft.get("per_device_train_batch_size", 1)),
-              activation_checkpointing=bool(recipe.sft.get("activation_checkpointing",
-                                                           recipe.sft.get("gradient_checkpointing", True))),
-              lora_r=int(recipe.lora.get("r", 16)))
+    kw = dict(
+        method=recipe.kit["method"],
+        precision=precision,
+        strategy=strategy,
+        seq_len=int(recipe.sft.get("max_length") or 2048),
+        micro_batch=int(recipe.sft.get("per_device_train_batch_size", 1)),
+        activation_checkpointing=bool(
+            recipe.sft.get("activation_checkpointing", recipe.sft.get("gradient_checkpointing", True))
+        ),
+        lora_r=int(recipe.lora.get("r", 16)),
+    )
     mem = estimate_memory(cfg, world_size=world, **kw)
-    out: dict[str, Any] = {"model": recipe.kit["model"], "parameters": mem["parameters"], "trainable": mem["trainable"],
-                           "world_size": world, "memory_gib": {k: round(v, 2) for k, v in mem.items()
-                                                               if k not in ("parameters", "trainable")}}
+    out: dict[str, Any] = {
+        "model": recipe.kit["model"],
+        "parameters": mem["parameters"],
+        "trainable": mem["trainable"],
+        "world_size": world,
+        "memory_gib": {k: round(v, 2) for k, v in mem.items() if k not in ("parameters", "trainable")},
+    }
     if gpu_memory_gb:
         out["gpu_memory_gb"] = gpu_memory_gb
         out["fits"] = mem["total"] <= 0.9 * gpu_memory_gb
         nodes = plan_nodes(cfg, gpu_memory_gb, gpus, **kw)
         out["min_nodes"], out["comfortable_nodes"] = nodes["min_nodes"], nodes["comfortable_nodes"]
     if peak_tflops and tokens:
-        out["hours_per_epoch"] = round(time_per_epoch(mem["parameters"], tokens, world, peak_tflops, mfu,
-                                                      kw["method"], kw["activation_checkpointing"]) / 3600, 2)
+        out["hours_per_epoch"] = round(
+            time_per_epoch(
+                mem["parameters"],
+                tokens,
+                world,
+                peak_tflops,
+                mfu,
+                kw["method"],
+                kw["activation_checkpointing"],
+            )
+            / 3600,
+            2,
+        )
     return out
 
 

@@ -41,10 +41,20 @@ def plot_data_stats(stats: dict[str, Any], title: str = "dataset"):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
     turns = stats["turns"]
     ax1.hist(turns, bins=range(1, max(turns, default=1) + 2), align="left", rwidth=0.8, color="#3b82f6")
-    ax1.set(xlabel="turns per conversation", ylabel="conversations", title=f"{title}: {stats['conversations']} conversations")
+    ax1.set(
+        xlabel="turns per conversation",
+        ylabel="conversations",
+        title=f"{title}: {stats['conversations']} conversations",
+    )
     for role, colour in [("system", "#8a94a6"), ("user", "#3b82f6"), ("assistant", "#22a347")]:
         if stats["chars"].get(role):
-            ax2.hist(stats["chars"][role], bins=30, alpha=0.6, label=f"{role} ({len(stats['chars'][role])})", color=colour)
+            ax2.hist(
+                stats["chars"][role],
+                bins=30,
+                alpha=0.6,
+                label=f"{role} ({len(stats['chars'][role])})",
+                color=colour,
+            )
     ax2.set(xlabel="characters per turn", ylabel="turns", title="turn length by role")
     ax2.legend()
     fig.tight_layout()
@@ -60,9 +70,15 @@ def plot_lengths(report, max_length: int | None = None, title: str = "token leng
     if max_length:
         cut = report.at(max_length)
         ax.axvline(max_length, color="#dc2626", linestyle="--")
-        ax.text(max_length, ax.get_ylim()[1] * 0.9,
-                f" max_length={max_length}\n {cut['truncated_conversations']:.1%} truncated\n "
-                f"{cut['answer_tokens_lost']:.1%} answer tokens lost", color="#dc2626", va="top", fontsize=9)
+        ax.text(
+            max_length,
+            ax.get_ylim()[1] * 0.9,
+            f" max_length={max_length}\n {cut['truncated_conversations']:.1%} truncated\n "
+            f"{cut['answer_tokens_lost']:.1%} answer tokens lost",
+            color="#dc2626",
+            va="top",
+            fontsize=9,
+        )
     fig.tight_layout()
     return fig
 
@@ -138,8 +154,10 @@ def load_run(path: str | Path) -> Run:
         except json.JSONDecodeError as e:
             problems.append(f"{state}: unreadable ({e})")
     if not records and not (path / "recipe.yaml").exists():
-        raise RunError(f"{path}: not a run folder (no metrics.jsonl, trainer_state.json or recipe.yaml). "
-                       "Point at runs/<name>, written by notebook 03.")
+        raise RunError(
+            f"{path}: not a run folder (no metrics.jsonl, trainer_state.json or recipe.yaml). "
+            "Point at runs/<name>, written by notebook 03."
+        )
     params = {}
     if (path / "recipe.yaml").exists():
         params = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
@@ -187,9 +205,13 @@ def smooth(ys: Sequence[float], weight: float) -> list[float]:
     return out
 
 
-def plot_runs(runs: Sequence[Run], metrics: Sequence[str] = ("loss", "eval_loss", "learning_rate", "grad_norm",
-                                                                "tokens_per_s"),
-              x: str = "step", smoothing: float = 0.6, title: str | None = None):
+def plot_runs(
+    runs: Sequence[Run],
+    metrics: Sequence[str] = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s"),
+    x: str = "step",
+    smoothing: float = 0.6,
+    title: str | None = None,
+):
     """One panel per metric, one line per run (labelled by what differs); train loss raw and smoothed."""
     plt = _plt()
     metrics = [m for m in metrics if any(run.series(m, x)[0] for run in runs)] or ["loss"]
@@ -211,17 +233,30 @@ def plot_runs(runs: Sequence[Run], metrics: Sequence[str] = ("loss", "eval_loss"
                 ax.plot(xs, ys, color=colour, alpha=0.3, linewidth=1)
                 ax.plot(xs, smooth(ys, smoothing), color=colour, label=label, linewidth=1.8)
             else:
-                ax.plot(xs, ys, color=colour, label=label, marker="o" if metric == "eval_loss" or len(xs) < 3 else None,
-                        markersize=4)
+                ax.plot(
+                    xs,
+                    ys,
+                    color=colour,
+                    label=label,
+                    marker="o" if metric == "eval_loss" or len(xs) < 3 else None,
+                    markersize=4,
+                )
         ax.set(xlabel=X_AXES.get(x, x), ylabel=METRICS.get(metric, metric), title=METRICS.get(metric, metric))
         if metric == "learning_rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.remove()
     handles, names = axes.flat[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, names, loc="lower center", ncol=min(len(names), 3), fontsize=8, bbox_to_anchor=(0.5, -0.02))
+        fig.legend(
+            handles,
+            names,
+            loc="lower center",
+            ncol=min(len(names), 3),
+            fontsize=8,
+            bbox_to_anchor=(0.5, -0.02),
+        )
     fig.suptitle(title or (runs[0].name if len(runs) == 1 else f"{len(runs)} runs"))
     fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
     return fig
@@ -243,22 +278,26 @@ def summary_table(runs: Sequence[Run]):
         _, tps = run.series("tokens_per_s")
         times = [r["time"] for r in run.records if "time" in r]
         runtime = run.result.get("train_runtime_s") or (times[-1] - times[0] if len(times) > 1 else None)
-        world = run.result.get("world_size") or (run.params.get("nproc_per_node", 1) * run.params.get("nnodes", 1))
+        world = run.result.get("world_size") or (
+            run.params.get("nproc_per_node", 1) * run.params.get("nnodes", 1)
+        )
         gpu = bool(run.result.get("gpu") or any("cuda" in str(v) for v in run.params.values()))
-        rows.append({
-            "run": run.name,
-            **{k: v for k, v in (s.split("=", 1) for s in differing_params(runs).get(run.name, []))},
-            "steps": max((r["step"] for r in run.records), default=0),
-            "final loss": loss[-1] if loss else None,
-            "best loss": min(loss) if loss else None,
-            "final eval loss": ev[-1] if ev else None,
-            "best eval loss": min(ev) if ev else None,
-            "exact match": run.result.get("exact_match_after"),
-            "runtime (s)": round(runtime, 1) if runtime else None,
-            "tokens/s": round(sum(tps) / len(tps)) if tps else None,
-            "GPU-hours": round(runtime * world / 3600, 3) if runtime and gpu else None,
-            "finished": run.finished,
-        })
+        rows.append(
+            {
+                "run": run.name,
+                **{k: v for k, v in (s.split("=", 1) for s in differing_params(runs).get(run.name, []))},
+                "steps": max((r["step"] for r in run.records), default=0),
+                "final loss": loss[-1] if loss else None,
+                "best loss": min(loss) if loss else None,
+                "final eval loss": ev[-1] if ev else None,
+                "best eval loss": min(ev) if ev else None,
+                "exact match": run.result.get("exact_match_after"),
+                "runtime (s)": round(runtime, 1) if runtime else None,
+                "tokens/s": round(sum(tps) / len(tps)) if tps else None,
+                "GPU-hours": round(runtime * world / 3600, 3) if runtime and gpu else None,
+                "finished": run.finished,
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -21,9 +21,15 @@ import yaml
 KIT_KEYS: dict[str, tuple[Any, str]] = {
     # what to train
     "model": ("tiny", "'tiny' (the kit's offline model), a local model directory or a hub id"),
-    "train_file": ("data/synthetic/train.jsonl", "messages JSONL (or any format data.load_conversations reads)"),
+    "train_file": (
+        "data/synthetic/train.jsonl",
+        "messages JSONL (or any format data.load_conversations reads)",
+    ),
     "eval_file": ("data/synthetic/eval.jsonl", "held-out messages; empty for none"),
-    "template": (None, "a bundled template name (chatml, llama3, ...) or .jinja path; None keeps the tokenizer's"),
+    "template": (
+        None,
+        "a bundled template name (chatml, llama3, ...) or .jinja path; None keeps the tokenizer's",
+    ),
     # how
     "method": ("full", "full | lora | qlora"),
     "distributed": ("ddp", "ddp | fsdp | zero2 | zero3: how several processes share the work"),
@@ -36,7 +42,10 @@ KIT_KEYS: dict[str, tuple[Any, str]] = {
     # where
     "run_name": ("demo", "the run folder is <output_root>/<run_name>"),
     "output_root": ("runs", "where run folders live"),
-    "resume": (False, "True: continue the run folder's last checkpoint (an existing run is never overwritten)"),
+    "resume": (
+        False,
+        "True: continue the run folder's last checkpoint (an existing run is never overwritten)",
+    ),
     # after training
     "n_generate": (200, "held-out conversations to answer for exact match before/after training (0: skip)"),
     "max_new_tokens": (32, "generation length for those answers"),
@@ -84,7 +93,11 @@ def _lora_fields() -> dict[str, dataclasses.Field]:
 
 def _allowed(annotation: Any) -> tuple[type, ...] | None:
     """Python types a value of this dataclass annotation may have (None: can't tell, accept)."""
-    hints = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (annotation,)
+    hints = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+        else (annotation,)
+    )
     out: list[type] = []
     for h in hints:
         origin = typing.get_origin(h) or h
@@ -158,7 +171,9 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def load_recipe(source: str | Path | dict | None = None, overrides: dict | None = None, name: str | None = None) -> Recipe:
+def load_recipe(
+    source: str | Path | dict | None = None, overrides: dict | None = None, name: str | None = None
+) -> Recipe:
     """Read a recipe (YAML path or dict) plus overrides, fill defaults, validate, return a Recipe.
 
     Errors name the file and key, say what is wrong and how to fix it ("did you mean ...?").
@@ -171,15 +186,21 @@ def load_recipe(source: str | Path | dict | None = None, overrides: dict | None 
         path = Path(source)
         label = str(path)
         if not path.exists():
-            raise RecipeError(f"{path}: no such recipe file. Recipes live in recipes/ (e.g. recipes/tiny_cpu.yaml).")
+            raise RecipeError(
+                f"{path}: no such recipe file. Recipes live in recipes/ (e.g. recipes/tiny_cpu.yaml)."
+            )
         try:
             params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark else ""
-            raise RecipeError(f"{path}:{line}: invalid YAML: {getattr(e, 'problem', e)}. Fix the syntax (key: value per line).") from None
+            raise RecipeError(
+                f"{path}:{line}: invalid YAML: {getattr(e, 'problem', e)}. Fix the syntax (key: value per line)."
+            ) from None
         if not isinstance(params, dict):
-            raise RecipeError(f"{path}: a recipe is a mapping of key: value lines, found {type(params).__name__}.")
+            raise RecipeError(
+                f"{path}: a recipe is a mapping of key: value lines, found {type(params).__name__}."
+            )
     params.update(overrides or {})
 
     sft_fields, lora_fields = _sft_fields(), _lora_fields()
@@ -196,19 +217,30 @@ def load_recipe(source: str | Path | dict | None = None, overrides: dict | None 
             lora[key] = value
         else:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]!r}?" if close else "keys are the kit's (see recipe.KIT_KEYS), SFTConfig's or LoraConfig's"
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else "keys are the kit's (see recipe.KIT_KEYS), SFTConfig's or LoraConfig's"
+            )
             raise RecipeError(f"{label}: unknown key {key!r}: {hint}")
 
     # kit keys: types and allowed values
     for key in ("nproc_per_node", "nnodes", "n_generate", "max_new_tokens", "collective_timeout_s"):
-        if not isinstance(kit[key], int) or isinstance(kit[key], bool) or kit[key] < (0 if key == "n_generate" else 1):
+        if (
+            not isinstance(kit[key], int)
+            or isinstance(kit[key], bool)
+            or kit[key] < (0 if key == "n_generate" else 1)
+        ):
             raise RecipeError(f"{label}: {key}: expected a positive integer, got {kit[key]!r}.")
     if kit["method"] not in METHODS:
         raise RecipeError(f"{label}: method: {kit['method']!r} is not one of {', '.join(METHODS)}.")
     if kit["distributed"] not in DISTRIBUTED:
         close = difflib.get_close_matches(str(kit["distributed"]), DISTRIBUTED, n=1)
-        raise RecipeError(f"{label}: distributed: {kit['distributed']!r} is not one of {', '.join(DISTRIBUTED)}"
-                          + (f" (did you mean {close[0]!r}?)" if close else "") + ".")
+        raise RecipeError(
+            f"{label}: distributed: {kit['distributed']!r} is not one of {', '.join(DISTRIBUTED)}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + "."
+        )
     if not isinstance(kit["run_name"], str) or not kit["run_name"] or "/" in kit["run_name"]:
         raise RecipeError(f"{label}: run_name: {kit['run_name']!r} must be a plain folder name (no '/').")
     for key in ("train_file", "eval_file", "model", "output_root"):
@@ -220,17 +252,27 @@ def load_recipe(source: str | Path | dict | None = None, overrides: dict | None 
     # impossible combinations, caught before any model is loaded
     if kit["method"] == "qlora":
         if not _has_gpu():
-            raise RecipeError(f"{label}: method: qlora quantizes the base model to 4 bits with bitsandbytes, which "
-                              "needs a CUDA GPU; none is visible. Use method: lora on this machine.")
+            raise RecipeError(
+                f"{label}: method: qlora quantizes the base model to 4 bits with bitsandbytes, which "
+                "needs a CUDA GPU; none is visible. Use method: lora on this machine."
+            )
         if kit["distributed"] in ("fsdp", "zero3"):
-            raise RecipeError(f"{label}: method qlora with distributed {kit['distributed']} is not supported by the kit: "
-                              "use ddp (the quantized base fits each GPU).")
+            raise RecipeError(
+                f"{label}: method qlora with distributed {kit['distributed']} is not supported by the kit: "
+                "use ddp (the quantized base fits each GPU)."
+            )
     if lora and kit["method"] == "full":
-        raise RecipeError(f"{label}: LoRA keys {sorted(lora)} are set but method is full: set method: lora, or remove them.")
+        raise RecipeError(
+            f"{label}: LoRA keys {sorted(lora)} are set but method is full: set method: lora, or remove them."
+        )
     if sft.get("packing") and sft.get("padding_free") and sft.get("packing_strategy", "bfd") == "wrapped":
-        raise RecipeError(f"{label}: packing_strategy wrapped cannot be padding_free (it mixes conversations): use bfd.")
+        raise RecipeError(
+            f"{label}: packing_strategy wrapped cannot be padding_free (it mixes conversations): use bfd."
+        )
     if sft.get("bf16") and not _has_gpu() and not sft.get("use_cpu", False):
-        raise RecipeError(f"{label}: bf16: true needs a GPU here; remove it (the kit picks bf16 on GPUs itself).")
+        raise RecipeError(
+            f"{label}: bf16: true needs a GPU here; remove it (the kit picks bf16 on GPUs itself)."
+        )
     return Recipe(kit, sft, lora, label)
 
 

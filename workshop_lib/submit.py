@@ -38,8 +38,10 @@ def load_profile(name_or_path: str) -> dict:
         path = PROFILES_DIR / f"{name_or_path}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
-        raise SubmitError(f"unknown profile {name_or_path!r}: use one of {known}, or a path to a profile YAML "
-                          f"(copy slurm/profiles/nvidia.yaml and edit it).")
+        raise SubmitError(
+            f"unknown profile {name_or_path!r}: use one of {known}, or a path to a profile YAML "
+            f"(copy slurm/profiles/nvidia.yaml and edit it)."
+        )
     profile = yaml.safe_load(path.read_text()) or {}
     profile["_path"] = str(path)
     return profile
@@ -64,8 +66,10 @@ def sweep_tasks(sweep: dict, source: str) -> list[dict]:
     """The cartesian product of the grid's lists, each merged over the fixed overrides."""
     grid = sweep.get("grid")
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
-        raise SubmitError(f"{source}: grid: expected a mapping of recipe keys to non-empty lists, e.g. "
-                          "grid: {learning_rate: [1.0e-4, 3.0e-4]}")
+        raise SubmitError(
+            f"{source}: grid: expected a mapping of recipe keys to non-empty lists, e.g. "
+            "grid: {learning_rate: [1.0e-4, 3.0e-4]}"
+        )
     keys = list(grid)
     fixed = sweep.get("fixed") or {}
     return [{**fixed, **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*grid.values())]
@@ -86,21 +90,42 @@ def _python(profile: dict) -> str:
     return python
 
 
-def render(profile: dict, recipe_path: str, nodes: int, run_name: str, params_file: str,
-           sweep_dir: str = "", output_root: str = "runs") -> str:
-    sbatch = []
-    for key, flag in (("account", "--account"), ("partition", "--partition"), ("time", "--time"),
-                      ("cpus_per_task", "--cpus-per-task"), ("mem", "--mem")):
+def render(
+    profile: dict,
+    recipe_path: str,
+    nodes: int,
+    run_name: str,
+    params_file: str,
+    sweep_dir: str = "",
+    output_root: str = "runs",
+    n_tasks: int = 0,
+) -> str:
+    sbatch = [f"#SBATCH --array=0-{n_tasks - 1}"] if n_tasks else []
+    for key, flag in (
+        ("account", "--account"),
+        ("partition", "--partition"),
+        ("time", "--time"),
+        ("cpus_per_task", "--cpus-per-task"),
+        ("mem", "--mem"),
+    ):
         if profile.get(key) not in (None, ""):
             sbatch.append(f"#SBATCH {flag}={profile[key]}")
     if profile.get("gpus_per_node"):
         sbatch.append(f"#SBATCH --gpus-per-node={profile['gpus_per_node']}")
     sbatch += [f"#SBATCH {x}" for x in profile.get("sbatch_extra") or []]
     fields = {
-        "JOB_NAME": run_name, "NODES": str(nodes), "LOG_DIR": str(Path(output_root) / "logs"),
-        "SIGNAL_S": str(profile.get("signal_before_end_s", 300)), "SBATCH_LINES": "\n".join(sbatch),
-        "REPO": str(REPO_ROOT), "SETUP": _setup_lines(profile), "PYTHON": _python(profile),
-        "RECIPE": recipe_path, "OUTPUT_ROOT": output_root, "RUN_NAME": run_name, "PARAMS_FILE": params_file,
+        "JOB_NAME": run_name,
+        "NODES": str(nodes),
+        "LOG_DIR": str(Path(output_root) / "logs"),
+        "SIGNAL_S": str(profile.get("signal_before_end_s", 300)),
+        "SBATCH_LINES": "\n".join(sbatch),
+        "REPO": str(REPO_ROOT),
+        "SETUP": _setup_lines(profile),
+        "PYTHON": _python(profile),
+        "RECIPE": recipe_path,
+        "OUTPUT_ROOT": output_root,
+        "RUN_NAME": run_name,
+        "PARAMS_FILE": params_file,
         "SWEEP_DIR": sweep_dir,
     }
     text = TEMPLATE.read_text()
@@ -111,8 +136,16 @@ def render(profile: dict, recipe_path: str, nodes: int, run_name: str, params_fi
     return text
 
 
-def prepare(profile_name: str, recipe_path: str | None, nodes: int, run_name: str | None, overrides: dict,
-            sweep_path: str | None = None, resume: bool = False, output_root: str = "runs") -> dict:
+def prepare(
+    profile_name: str,
+    recipe_path: str | None,
+    nodes: int,
+    run_name: str | None,
+    overrides: dict,
+    sweep_path: str | None = None,
+    resume: bool = False,
+    output_root: str = "runs",
+) -> dict:
     """Validate everything and write the job folder; returns what submit() needs. Queues nothing."""
     profile = load_profile(profile_name)
     sweep: dict = {}
@@ -128,7 +161,9 @@ def prepare(profile_name: str, recipe_path: str | None, nodes: int, run_name: st
     rp = Path(recipe_path)
     rp = rp if rp.is_absolute() else REPO_ROOT / rp
     if not rp.exists():
-        raise SubmitError(f"{recipe_path}: no such recipe file. Recipes live in recipes/ (e.g. recipes/tiny_cpu.yaml).")
+        raise SubmitError(
+            f"{recipe_path}: no such recipe file. Recipes live in recipes/ (e.g. recipes/tiny_cpu.yaml)."
+        )
     if nodes < 1:
         raise SubmitError(f"--nodes must be at least 1, not {nodes}")
     gpus = int(profile.get("gpus_per_node") or 0)
@@ -147,8 +182,10 @@ def prepare(profile_name: str, recipe_path: str | None, nodes: int, run_name: st
         except RecipeError as e:
             raise SubmitError(f"sweep task {i} ({task}): {e}") from None
         if (out_root / names[i] / "recipe.yaml").exists() and not resume:
-            raise SubmitError(f"run folder {out_root / names[i]} exists: pass --resume to continue it, or choose "
-                              "another --name (a run is never overwritten).")
+            raise SubmitError(
+                f"run folder {out_root / names[i]} exists: pass --resume to continue it, or choose "
+                "another --name (a run is never overwritten)."
+            )
     job_dir = out_root / ".jobs" / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     job_dir.mkdir(parents=True, exist_ok=True)
     (out_root / "logs").mkdir(exist_ok=True)
@@ -156,22 +193,37 @@ def prepare(profile_name: str, recipe_path: str | None, nodes: int, run_name: st
     params_file.write_text(yaml.safe_dump(job, sort_keys=False))
     for i, task in enumerate(tasks if sweep else []):
         (job_dir / f"task-{i}.yaml").write_text(yaml.safe_dump({**job, **task}, sort_keys=False))
-    script = render(profile, str(rp), nodes, run_name, str(params_file), str(job_dir) if sweep else "", str(out_root))
+    script = render(
+        profile,
+        str(rp),
+        nodes,
+        run_name,
+        str(params_file),
+        str(job_dir) if sweep else "",
+        str(out_root),
+        len(tasks) if sweep else 0,
+    )
     (job_dir / "job.sbatch").write_text(script)
-    return {"script": script, "job_dir": job_dir, "tasks": tasks if sweep else [], "names": names,
-            "out_root": out_root, "log_dir": out_root / "logs", "run_name": run_name}
+    return {
+        "script": script,
+        "job_dir": job_dir,
+        "tasks": tasks if sweep else [],
+        "names": names,
+        "out_root": out_root,
+        "log_dir": out_root / "logs",
+        "run_name": run_name,
+    }
 
 
 def submit(prepared: dict, sbatch_args: list[str] | None = None) -> str:
     """sbatch the rendered script; return the job id."""
-    cmd = ["sbatch", "--parsable"]
-    if prepared["tasks"]:
-        cmd.append(f"--array=0-{len(prepared['tasks']) - 1}")
-    cmd += [*(sbatch_args or []), str(prepared["job_dir"] / "job.sbatch")]
+    cmd = ["sbatch", "--parsable", *(sbatch_args or []), str(prepared["job_dir"] / "job.sbatch")]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
-        raise SubmitError("sbatch not found: submit from a cluster login node (or use --dry-run here)") from None
+        raise SubmitError(
+            "sbatch not found: submit from a cluster login node (or use --dry-run here)"
+        ) from None
     if out.returncode != 0:
         raise SubmitError(f"sbatch refused the job: {out.stderr.strip()}")
     return out.stdout.strip().split(";")[0]
@@ -180,9 +232,14 @@ def submit(prepared: dict, sbatch_args: list[str] | None = None) -> str:
 def main(argv: list[str]) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m workshop_lib submit", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", required=True, help="slurm/profiles/<name>.yaml: lumi, nvidia, local, or a path")
+    ap = argparse.ArgumentParser(
+        prog="python -m workshop_lib submit",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--profile", required=True, help="slurm/profiles/<name>.yaml: lumi, nvidia, local, or a path"
+    )
     ap.add_argument("--recipe", help="recipe YAML (or recipe: in the sweep file)")
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--name", help="run name (default: the recipe's run_name; sweeps: <name>-<task>)")
@@ -190,13 +247,23 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--output-root", default="runs")
     ap.add_argument("--resume", action="store_true", help="continue an existing run folder")
     ap.add_argument("--dry-run", action="store_true", help="show the job script, queue nothing")
-    ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="recipe override")
+    ap.add_argument(
+        "-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="recipe override"
+    )
     ap.add_argument("sbatch_args", nargs="*", help="after --: options for sbatch, overriding the script's")
     args = ap.parse_args(argv)
     overrides = {k: parse_value(v) for k, v in args.p}
     try:
-        prep = prepare(args.profile, args.recipe, args.nodes, args.name, overrides, args.sweep, args.resume,
-                       args.output_root)
+        prep = prepare(
+            args.profile,
+            args.recipe,
+            args.nodes,
+            args.name,
+            overrides,
+            args.sweep,
+            args.resume,
+            args.output_root,
+        )
     except (SubmitError, RecipeError) as e:
         print(f"submit: {e}", file=sys.stderr)
         return 2

@@ -54,7 +54,11 @@ def resolve_paths(recipe: Recipe, root: str | Path | None = None) -> Recipe:
 def last_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint-N folder (one with trainer_state.json), or None."""
     run_dir = Path(run_dir)
-    done = [p for p in run_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists() and p.name[11:].isdigit()]
+    done = [
+        p
+        for p in run_dir.glob("checkpoint-*")
+        if (p / "trainer_state.json").exists() and p.name[11:].isdigit()
+    ]
     return max(done, key=lambda p: int(p.name[11:])) if done else None
 
 
@@ -140,13 +144,19 @@ class _Callbacks:
                 import torch
 
                 now = time.time()
-                rec = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), "max_steps": state.max_steps,
-                       "time": now}
+                rec = {
+                    "step": state.global_step,
+                    "epoch": round(state.epoch or 0, 4),
+                    "max_steps": state.max_steps,
+                    "time": now,
+                }
                 rec.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
                 tokens = logs.get("num_tokens")
                 if tokens is not None:
                     if self.tokens0 is not None and now > self.t0:
-                        rec["tokens_per_s"] = (tokens - self.tokens0) / (now - self.t0) * int(os.environ.get("WORLD_SIZE", 1))
+                        rec["tokens_per_s"] = (
+                            (tokens - self.tokens0) / (now - self.t0) * int(os.environ.get("WORLD_SIZE", 1))
+                        )
                     self.t0, self.tokens0 = now, tokens
                 if torch.cuda.is_available():
                     rec["memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -182,7 +192,9 @@ class _Callbacks:
                 if dist.is_available() and dist.is_initialized():
                     import torch
 
-                    t = torch.tensor([1.0 if stop else 0.0], device="cuda" if torch.cuda.is_available() else "cpu")
+                    t = torch.tensor(
+                        [1.0 if stop else 0.0], device="cuda" if torch.cuda.is_available() else "cpu"
+                    )
                     dist.all_reduce(t)  # all ranks stop at the same step, even if one got the signal
                     stop = t.item() > 0
                 if stop:
@@ -234,9 +246,12 @@ def load_datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
 
     def prepare(path: str) -> tuple[Any, list[dict]]:
         rows, _ = data.load_conversations(path)
-        ds = chat.tokenize_dataset(Dataset.from_list(rows), tokenizer,
-                                   assistant_only=recipe.sft.get("assistant_only_loss", True))
-        if cut:  # padding-free batches are not truncated by TRL: cut here, keep rows that still have an answer
+        ds = chat.tokenize_dataset(
+            Dataset.from_list(rows), tokenizer, assistant_only=recipe.sft.get("assistant_only_loss", True)
+        )
+        if (
+            cut
+        ):  # padding-free batches are not truncated by TRL: cut here, keep rows that still have an answer
             ds = ds.map(lambda r: {"input_ids": r["input_ids"][:cut], "labels": r["labels"][:cut]})
             ds = ds.filter(lambda r: any(t != chat.IGNORE for t in r["labels"]))
         return ds, rows
@@ -268,23 +283,35 @@ def sft_config(recipe: Recipe, run_dir: Path, interactive: bool = False):
     if recipe.world_size > 1 or dist in ("zero2", "zero3"):
         if dist == "fsdp":
             args.setdefault("fsdp", "full_shard auto_wrap")
-            args.setdefault("fsdp_config", {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "use_orig_params": True,
-                                            "sync_module_states": True, "cpu_ram_efficient_loading": False})
+            args.setdefault(
+                "fsdp_config",
+                {
+                    "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                    "use_orig_params": True,
+                    "sync_module_states": True,
+                    "cpu_ram_efficient_loading": False,
+                },
+            )
         elif dist in ("zero2", "zero3"):
             stage = int(dist[-1])
             zero: dict[str, Any] = {"stage": stage, "overlap_comm": gpu, "contiguous_gradients": True}
             if stage == 3:
                 zero.update(stage3_gather_16bit_weights_on_model_save=True)
-            args.setdefault("deepspeed", {
-                "zero_optimization": zero,
-                "bf16": {"enabled": "auto"},
-                "train_micro_batch_size_per_gpu": "auto",
-                "gradient_accumulation_steps": "auto",
-                "train_batch_size": "auto",
-                "gradient_clipping": "auto",
-            })
+            args.setdefault(
+                "deepspeed",
+                {
+                    "zero_optimization": zero,
+                    "bf16": {"enabled": "auto"},
+                    "train_micro_batch_size_per_gpu": "auto",
+                    "gradient_accumulation_steps": "auto",
+                    "train_batch_size": "auto",
+                    "gradient_clipping": "auto",
+                },
+            )
     if recipe.kit["method"] == "full":
-        args.setdefault("ddp_find_unused_parameters", False)  # every parameter gets a gradient: skip the search
+        args.setdefault(
+            "ddp_find_unused_parameters", False
+        )  # every parameter gets a gradient: skip the search
     args.update(
         output_dir=str(run_dir),
         ddp_timeout=recipe.kit["collective_timeout_s"],
@@ -324,8 +351,11 @@ def load_model(recipe: Recipe, tokenizer):
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-            bnb_4bit_use_double_quant=True)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
     model = AutoModelForCausalLM.from_pretrained(resolve_model(recipe.kit["model"]), **kwargs)
     grew = len(tokenizer) > model.get_input_embeddings().weight.shape[0]
     if grew:
@@ -384,12 +414,15 @@ def train(flat: dict, interactive: bool = False) -> dict:
         # DeepSpeed wants a process group even for one process (else it looks for MPI)
         from .launch import free_port
 
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+        )
     if recipe.kit["distributed"] == "zero3" and device_kind() == "cpu" and "RANK" in os.environ:
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend="gloo")  # before from_pretrained, so ZeRO-3 can partition on load
+        deepspeed.init_distributed(
+            dist_backend="gloo"
+        )  # before from_pretrained, so ZeRO-3 can partition on load
 
     tokenizer = load_tokenizer(recipe)
     train_ds, eval_ds, eval_rows = load_datasets(recipe, tokenizer)
@@ -435,7 +468,9 @@ def train(flat: dict, interactive: bool = False) -> dict:
     if preempted:
         result["param_digest"] = param_digest(trainer.model)
         if trainer.is_world_process_zero():
-            (run_dir / PREEMPTED_FILE).write_text(json.dumps({"step": trainer.state.global_step, "time": time.time()}))
+            (run_dir / PREEMPTED_FILE).write_text(
+                json.dumps({"step": trainer.state.global_step, "time": time.time()})
+            )
         return result
     if eval_ds is not None:
         last_eval = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -481,7 +516,7 @@ class Progress(threading.Thread):
             return []
         lines = self.path.read_text().splitlines()
         new = []
-        for line in lines[self.seen:]:
+        for line in lines[self.seen :]:
             try:
                 new.append(json.loads(line))
             except json.JSONDecodeError:
@@ -533,9 +568,15 @@ def fit(recipe: Recipe, interactive: bool | None = None, plot=None) -> dict:
     kit = recipe.kit
     try:
         results = launch.run(
-            _logged_train, recipe.flat(), interactive and recipe.world_size == 1, str(run_dir / "logs"),
-            nproc_per_node=kit["nproc_per_node"], nnodes=kit["nnodes"], node_rank=kit["node_rank"],
-            master_addr=kit["master_addr"], master_port=kit["master_port"],
+            _logged_train,
+            recipe.flat(),
+            interactive and recipe.world_size == 1,
+            str(run_dir / "logs"),
+            nproc_per_node=kit["nproc_per_node"],
+            nnodes=kit["nnodes"],
+            node_rank=kit["node_rank"],
+            master_addr=kit["master_addr"],
+            master_port=kit["master_port"],
         )
     finally:
         progress.done.set()

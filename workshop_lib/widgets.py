@@ -36,10 +36,15 @@ def conversation_browser(rows: Sequence[dict], title: str = "conversation"):
 
     out = W.HTML()
     slider = W.IntSlider(value=0, min=0, max=max(len(rows) - 1, 0), description=title, continuous_update=True)
-    prev, nxt = W.Button(description="◀", layout=W.Layout(width="40px")), W.Button(description="▶", layout=W.Layout(width="40px"))
+    prev, nxt = (
+        W.Button(description="◀", layout=W.Layout(width="40px")),
+        W.Button(description="▶", layout=W.Layout(width="40px")),
+    )
 
     def show(*_):
-        out.value = conversation_html(rows[slider.value]["messages"], f"{title} {slider.value + 1} / {len(rows)}")
+        out.value = conversation_html(
+            rows[slider.value]["messages"], f"{title} {slider.value + 1} / {len(rows)}"
+        )
 
     slider.observe(show, names="value")
     prev.on_click(lambda _: setattr(slider, "value", max(slider.value - 1, 0)))
@@ -48,7 +53,9 @@ def conversation_browser(rows: Sequence[dict], title: str = "conversation"):
     return W.VBox([W.HBox([prev, slider, nxt]), out])
 
 
-def slider_view(render: Callable[[int], object], description: str, value: int, min: int, max: int, step: int = 1):
+def slider_view(
+    render: Callable[[int], object], description: str, value: int, min: int, max: int, step: int = 1
+):
     """A slider that re-renders an output area (a figure, HTML or text) for each value."""
     import ipywidgets as W
 
