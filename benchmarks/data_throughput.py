@@ -33,7 +33,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
     args = ap.parse_args()
-    rows, _ = generate(args.n, 0, seed=7)
+    rows, _ = generate(args.n, 0, seed=7, unique=False)
     with tempfile.TemporaryDirectory() as tmp:
         for name, convert in [("messages", lambda r: r), ("sharegpt", as_sharegpt), ("alpaca", as_alpaca)]:
             path = Path(tmp) / f"{name}.jsonl"

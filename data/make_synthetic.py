@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 from pathlib import Path
 
@@ -72,8 +73,14 @@ def conversation(rng: random.Random, items: dict[str, str]) -> dict:
     return {"messages": messages}
 
 
-def generate(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Held-out lists are disjoint from training lists (by the sequence of words)."""
+def generate(n_train: int, n_eval: int, seed: int = 0, unique: bool = True) -> tuple[list[dict], list[dict]]:
+    """Held-out lists are disjoint from training lists (by the sequence of words).
+
+    unique=False allows repeated lists (for benchmarks larger than the ~36k distinct lists there are).
+    """
+    possible = sum(math.comb(4, k) * 6**k * math.factorial(k) for k in (2, 3, 4))
+    if unique and n_train + n_eval > possible:
+        raise ValueError(f"only {possible} distinct lists exist: ask for fewer, or pass unique=False")
     rng = random.Random(seed)
     seen: set[tuple[str, ...]] = set()
     lists: list[dict[str, str]] = []
@@ -81,7 +88,7 @@ def generate(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list
         cats = rng.sample(list(CATEGORIES), rng.randint(2, 4))
         items = {c: rng.choice(CATEGORIES[c]) for c in cats}
         key = tuple(items.values())
-        if key not in seen:
+        if key not in seen or not unique:
             seen.add(key)
             lists.append(items)
     eval_lists, train_lists = lists[:n_eval], lists[n_eval:]

@@ -197,3 +197,23 @@ def test_length_report(tiny_model_dir):
     assert rep.at(5)["no_answer_left"] == 1.0
     assert rep.recommend(keep=1.0, multiple=16) == -(-long // 16) * 16
     assert rep.recommend(limit=32, multiple=64) == 32
+
+
+@pytest.mark.parametrize("name", [None, "qwen2_5", "llama3_1", "mistral_instruct", "gemma", "zephyr"])
+def test_bulk_encoding_equals_apply_chat_template(tok, name):
+    """The kit's bulk path gives transformers' own ids and assistant masks, on real template shapes."""
+    import sys
+
+    sys.path.insert(0, str(REAL.parent.parent / "data"))
+    from make_synthetic import generate
+
+    rows, _ = generate(300, 0, seed=5)
+    convs = [r["messages"] for r in rows]
+    if name:
+        tok.chat_template = (REAL / f"{name}.jinja").read_text()
+        chat.fix_template(tok, sample=_sample_for(name))
+        if name.startswith(("gemma", "mistral")):
+            convs = [c[1:] if c[0]["role"] == "system" else c for c in convs]
+    ref = tok.apply_chat_template(convs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, masks = chat._encode_with_masks(convs, tok, tok.chat_template)
+    assert ids == ref["input_ids"] and masks == [list(m) for m in ref["assistant_masks"]]

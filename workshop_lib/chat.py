@@ -172,9 +172,7 @@ def encode(
             "Run chat.check_template(tokenizer) and chat.fix_template(tokenizer), or chat.apply_template(tokenizer, 'chatml')."
         )
     try:
-        out = tokenizer.apply_chat_template(
-            batch, chat_template=text, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
+        ids, masks = _encode_with_masks(batch, tokenizer, text)
     except Exception as e:
         # find the offending conversation to name it
         for i, conv in enumerate(batch):
@@ -184,8 +182,7 @@ def encode(
                 raise TemplateError(_render_failure(e_one, conv, i)) from e_one
         raise TemplateError(_render_failure(e, batch)) from e
     labels = [
-        [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]
-        for ids, mask in zip(out["input_ids"], out["assistant_masks"], strict=True)
+        [t if m else IGNORE for t, m in zip(x, k, strict=True)] for x, k in zip(ids, masks, strict=True)
     ]
     for i, lab in enumerate(labels):
         if all(t == IGNORE for t in lab):
@@ -193,7 +190,48 @@ def encode(
                 f"conversation {i} has no answer tokens after applying the template: it has no assistant turn, "
                 "or the template's {% generation %} block is empty. Check it with chat.check_template(tokenizer)."
             )
-    return {"input_ids": out["input_ids"], "labels": labels}
+    return {"input_ids": ids, "labels": labels}
+
+
+def _encode_with_masks(
+    batch: list[list[dict]], tokenizer, text: str
+) -> tuple[list[list[int]], list[list[int]]]:
+    """apply_chat_template(..., return_assistant_tokens_mask=True) for a batch, done in bulk.
+
+    The same steps as transformers' own: render with the same function and template variables, tokenize
+    without adding special tokens, mark every token that overlaps a {% generation %} span. What is faster:
+    one call of the Rust tokenizer for the whole batch (its threads, no per-row Python objects) and the
+    overlap test done with numpy. Tokenizers without a Rust backend take transformers' own path.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch"):
+        out = tokenizer.apply_chat_template(
+            batch, chat_template=text, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        return out["input_ids"], out["assistant_masks"]
+    import numpy as np
+    from transformers.utils.chat_template_utils import _normalize_chat_messages, render_jinja_template
+
+    convs = [_normalize_chat_messages(c) for c in batch]
+    rendered, spans = render_jinja_template(
+        conversations=convs,
+        chat_template=text,
+        return_assistant_tokens_mask=True,
+        **tokenizer.special_tokens_map,
+    )
+    encodings = backend.encode_batch(rendered, add_special_tokens=False)
+    ids, masks = [], []
+    for enc, sp in zip(encodings, spans, strict=True):
+        ids.append(enc.ids)
+        if not sp:
+            masks.append([0] * len(enc.ids))
+            continue
+        off = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        s = np.asarray(sp, dtype=np.int64).reshape(-1, 2)
+        # a token counts if it overlaps a span: token_end > span_start and token_start < span_end
+        hit = (off[:, 1:2] > s[None, :, 0]) & (off[:, 0:1] < s[None, :, 1])
+        masks.append(hit.any(axis=1).astype(np.int8).tolist())
+    return ids, masks
 
 
 def tokenize_dataset(
