@@ -269,10 +269,6 @@ def load_recipe(
         raise RecipeError(
             f"{label}: packing_strategy wrapped cannot be padding_free (it mixes conversations): use bfd."
         )
-    if sft.get("bf16") and not _has_gpu() and not sft.get("use_cpu", False):
-        raise RecipeError(
-            f"{label}: bf16: true needs a GPU here; remove it (the kit picks bf16 on GPUs itself)."
-        )
     return Recipe(kit, sft, lora, label)
 
 

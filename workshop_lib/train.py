@@ -274,7 +274,7 @@ def sft_config(recipe: Recipe, run_dir: Path, interactive: bool = False):
         args["activation_checkpointing"] = gpu  # memory for speed on GPUs; on CPU it only costs time
     if not gpu:
         args["use_cpu"] = True  # without it, CPU workers form a group but each trains everything un-wrapped
-        args["bf16"] = False
+        args["bf16"] = bool(args.get("bf16", False))  # TRL turns bf16 on by default; on a CPU only on request
     else:
         args.setdefault("bf16", True)
     if args.get("padding_free") and not args.get("packing"):
@@ -398,8 +398,12 @@ def _exact_match(model, tokenizer, rows, n, recipe) -> dict:
     return generate.exact_match(model, tokenizer, rows, n=n, max_new_tokens=recipe.kit["max_new_tokens"])
 
 
-def train(flat: dict, interactive: bool = False) -> dict:
-    """Run SFT for one worker. `flat` is a resolved recipe (Recipe.flat()); returns a summary dict."""
+def train(flat: dict, interactive: bool = False, prepared: tuple | None = None) -> dict:
+    """Run SFT for one worker. `flat` is a resolved recipe (Recipe.flat()); returns a summary dict.
+
+    prepared: (tokenizer, train_ds, eval_ds, eval_rows) built by the notebook already; forked workers
+    inherit them instead of tokenizing the data again.
+    """
     import torch.distributed as dist
     from trl import SFTTrainer
 
@@ -424,8 +428,11 @@ def train(flat: dict, interactive: bool = False) -> dict:
             dist_backend="gloo"
         )  # before from_pretrained, so ZeRO-3 can partition on load
 
-    tokenizer = load_tokenizer(recipe)
-    train_ds, eval_ds, eval_rows = load_datasets(recipe, tokenizer)
+    if prepared is None:
+        tokenizer = load_tokenizer(recipe)
+        train_ds, eval_ds, eval_rows = load_datasets(recipe, tokenizer)
+    else:
+        tokenizer, train_ds, eval_ds, eval_rows = prepared
     model, grew = load_model(recipe, tokenizer)
     # exact match on held-out prompts, before and after training, on rank 0 (answers are returned to the
     # notebook). Sharded models (FSDP, ZeRO-3 on several ranks) cannot generate on one rank: notebook 05 does it.
@@ -553,7 +560,7 @@ def format_log_line(r: dict) -> str:
     return " | ".join(parts)
 
 
-def fit(recipe: Recipe, interactive: bool | None = None, plot=None) -> dict:
+def fit(recipe: Recipe, interactive: bool | None = None, plot=None, prepared: tuple | None = None) -> dict:
     """Prepare the run folder, launch training on every worker of this node, follow its progress.
 
     Returns rank 0's summary (or this node's first worker's on other nodes), with all ranks' results.
@@ -588,7 +595,7 @@ def fit(recipe: Recipe, interactive: bool | None = None, plot=None) -> dict:
     return summary
 
 
-def _logged_train(flat: dict, interactive: bool, log_dir: str) -> dict:
+def _logged_train(flat: dict, interactive: bool, log_dir: str, prepared: tuple | None = None) -> dict:
     """Worker entry point: forked workers write their output to logs/rank<R>.log, not to the kernel
     (a forked process writing to the notebook would log 'attempted to send message from fork')."""
     rank = int(os.environ.get("RANK", 0))
@@ -606,4 +613,4 @@ def _logged_train(flat: dict, interactive: bool, log_dir: str) -> dict:
         sys.stdout = sys.stderr = log
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
-    return train(flat, interactive)
+    return train(flat, interactive, prepared)
