@@ -40,3 +40,31 @@ def test_setup_is_idempotent_and_quick_when_done():
     )
     assert out.returncode == 0, out.stderr
     assert "environment ready" not in out.stdout  # nothing was installed
+
+
+def test_a_skip_fails_the_run_in_ci(tmp_path):
+    (tmp_path / "test_skipping.py").write_text(
+        "import pytest\n\ndef test_x():\n    pytest.skip('no cluster')\n"
+    )
+    (tmp_path / "conftest.py").write_text((REPO_ROOT / "tests" / "conftest.py").read_text())
+    import os
+    import sys
+
+    env = dict(os.environ, CI="true")
+    ci = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert ci.returncode == 1 and "skipped in CI" in ci.stdout
+    env["CI"] = ""
+    laptop = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert laptop.returncode == 0 and "1 skipped" in laptop.stdout
