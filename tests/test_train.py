@@ -103,7 +103,7 @@ def test_ddp_two_processes_form_one_group_and_match_single_process(tmp_path):
         ),
         interactive=False,
     )
-    assert set(ddp["ranks"]) == {0, 1}
+    assert set(ddp["ranks"]) == {0, 1} and ddp["wrapped_as"] == "DistributedDataParallel"
     assert all(x["group_size"] == 2 and x["world_size"] == 2 for x in ddp["ranks"].values())
     assert ddp["ranks"][0]["param_digest"] == ddp["ranks"][1]["param_digest"]
     a, b = losses(tmp_path / "single"), losses(tmp_path / "ddp")
@@ -114,7 +114,7 @@ def test_ddp_two_processes_form_one_group_and_match_single_process(tmp_path):
     assert single["param_digest"] != ddp["param_digest"] or abs(a[-1] - b[-1]) < 1e-6
 
 
-@pytest.mark.parametrize("strategy", ["zero2", "zero3", "fsdp"])
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
 def test_sharded_strategies_train_with_two_processes(tmp_path, strategy):
     res = train.fit(
         make(
@@ -131,9 +131,22 @@ def test_sharded_strategies_train_with_two_processes(tmp_path, strategy):
     )
     ranks = res["ranks"]
     assert all(x["group_size"] == 2 for x in ranks.values())
+    assert ranks[0]["wrapped_as"] == "DeepSpeedEngine", ranks[0]["wrapped_as"]
     assert ranks[0]["param_digest"] == ranks[1]["param_digest"]
     assert len(losses(tmp_path / strategy)) == 4
     assert (tmp_path / strategy / "final").exists()
+
+
+def test_fsdp_on_cpu_is_refused_instead_of_silently_running_ddp(tmp_path):
+    # accelerate applies FSDP only to GPU-like devices: with processes on a CPU it would quietly run DDP
+    if torch.cuda.is_available():
+        res = train.fit(
+            make(tmp_path, "fsdp", distributed="fsdp", nproc_per_node=2, max_steps=4), interactive=False
+        )
+        assert res["ranks"][0]["wrapped_as"] == "FullyShardedDataParallel"
+        return
+    with pytest.raises(R.RecipeError, match="fsdp needs GPUs"):
+        make(tmp_path, "fsdp", distributed="fsdp", nproc_per_node=2)
 
 
 def _fails_on_rank_one():

@@ -261,6 +261,15 @@ def load_recipe(
                 f"{label}: method qlora with distributed {kit['distributed']} is not supported by the kit: "
                 "use ddp (the quantized base fits each GPU)."
             )
+    if (
+        kit["distributed"] == "fsdp"
+        and int(kit["nproc_per_node"]) * int(kit["nnodes"]) > 1
+        and not _has_gpu()
+    ):
+        raise RecipeError(
+            f"{label}: distributed: fsdp needs GPUs: accelerate applies FSDP only on GPU-like devices, so on CPU "
+            "the processes would silently run plain DDP. Use ddp, zero2 or zero3 on CPU (fsdp on the GPU nodes)."
+        )
     if lora and kit["method"] == "full":
         raise RecipeError(
             f"{label}: LoRA keys {sorted(lora)} are set but method is full: set method: lora, or remove them."
