@@ -244,3 +244,36 @@ def test_write_jsonl_is_atomic_and_never_overwrites(tmp_path):
         D.write_jsonl(rows_then_fail(), out, overwrite=True)
     assert out.read_text() == '{"messages": []}\n'  # untouched
     assert sorted(x.name for x in tmp_path.iterdir()) == ["o.jsonl"]  # no temp file left behind
+
+
+def test_lima_and_dolly_shapes(tmp_path):
+    lima = write(
+        tmp_path,
+        "lima.jsonl",
+        json.dumps(
+            {"conversations": ["Mikä on sisu?", "Sitkeyttä.", "Entä?", "Sinnikkyyttä."], "source": "lima"}
+        )
+        + "\n",
+    )
+    rows, rep = D.load_conversations(lima)
+    assert rep.format == "sharegpt"
+    assert [m["role"] for m in rows[0]["messages"]] == ["user", "assistant", "user", "assistant"]
+    dolly = write(
+        tmp_path,
+        "dolly.jsonl",
+        json.dumps(
+            {
+                "instruction": "Tiivistä.",
+                "context": "Pitkä teksti.",
+                "response": "Lyhyt.",
+                "category": "summarization",
+            }
+        )
+        + "\n",
+    )
+    rows, rep = D.load_conversations(dolly)
+    assert rep.format == "alpaca"
+    assert rows[0]["messages"] == [
+        {"role": "user", "content": "Tiivistä.\n\nPitkä teksti."},
+        {"role": "assistant", "content": "Lyhyt."},
+    ]

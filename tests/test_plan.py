@@ -169,3 +169,41 @@ def test_notebook_00_setup_check(tmp_path):
     out = run_notebook("00_setup_check", tmp_path, {"plan_model": str(poro)})
     text, _ = outputs(out)
     assert "[PASS] torch" in text and '"min_nodes": 2' in text and '"comfortable_nodes": 3' in text
+
+
+def test_other_public_architectures():
+    # published configs (trimmed), as test data: Mixtral-8x7B (MoE), Falcon-7B (multi-query), Gemma-7B (head_dim)
+    mixtral = {
+        "model_type": "mixtral",
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 32000,
+        "num_local_experts": 8,
+        "tie_word_embeddings": False,
+    }
+    falcon = {
+        "model_type": "falcon",
+        "hidden_size": 4544,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 71,
+        "multi_query": True,
+        "vocab_size": 65024,
+        "tie_word_embeddings": True,
+    }
+    gemma = {
+        "model_type": "gemma",
+        "hidden_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "head_dim": 256,
+        "intermediate_size": 24576,
+        "vocab_size": 256000,
+        "tie_word_embeddings": True,
+    }
+    for cfg, billions in ((mixtral, 46.7), (falcon, 6.9), (gemma, 8.5)):
+        n = plan.count_parameters(cfg)["total"] / 1e9
+        assert abs(n / billions - 1) < 0.03, (cfg["model_type"], n)

@@ -209,8 +209,8 @@ def detect_format(record: Any) -> str | None:
         return "messages"
     if "conversations" in keys or "conversation" in keys:
         return "sharegpt"
-    if "instruction" in keys and "output" in keys:
-        return "alpaca"
+    if "instruction" in keys and ("output" in keys or "response" in keys):
+        return "alpaca"  # Alpaca (instruction/input/output) and Dolly (instruction/context/response)
     if "prompt" in keys and ("completion" in keys or "response" in keys or "chosen" in keys):
         return "prompt_completion"
     if any(q in keys and a in keys for q, a in QA_COLUMNS):
@@ -255,6 +255,9 @@ def to_messages(record: dict, fmt: str, columns: dict[str, str] | None = None) -
         return _normalise_turns(record["messages"], "role", "content")
     if fmt == "sharegpt":
         turns = record.get("conversations", record.get("conversation"))
+        if isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns):
+            # LIMA style: a list of strings, alternating user and assistant
+            turns = [{"from": "user" if i % 2 == 0 else "assistant", "value": t} for i, t in enumerate(turns)]
         if isinstance(turns, list) and turns and isinstance(turns[0], dict) and "from" in turns[0]:
             msgs = _normalise_turns(turns, "from", "value")
         else:
@@ -265,10 +268,11 @@ def to_messages(record: dict, fmt: str, columns: dict[str, str] | None = None) -
         return msgs
     if fmt == "alpaca":
         prompt = record.get("instruction")
-        extra = record.get("input")
+        extra = record.get("input", record.get("context"))
         if isinstance(prompt, str) and isinstance(extra, str) and extra.strip():
             prompt = f"{prompt}\n\n{extra}"
-        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": record.get("output")}]
+        answer = record.get("output", record.get("response"))
+        msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
         if isinstance(record.get("system"), str) and record["system"].strip():
             msgs.insert(0, {"role": "system", "content": record["system"]})
         return msgs
