@@ -106,3 +106,12 @@ def test_plot_command_writes_into_the_run_folder(runs):
         "final loss" in summary
         and json.loads((runs / "lr-b" / "result.json").read_text())["global_step"] == 12
     )
+
+
+def test_summary_counts_gpu_hours_only_for_gpu_runs(runs):
+    run = plots.load_run(runs / "lr-a")
+    assert run.result["device"] == "cpu"
+    assert plots.summary_table([run])["GPU-hours"].isna().all()
+    run.result["device"] = "cuda"
+    hours = plots.summary_table([run])["GPU-hours"].iloc[0]
+    assert hours == pytest.approx(round(run.result["train_runtime_s"] * run.result["world_size"] / 3600, 3))

@@ -281,7 +281,7 @@ def summary_table(runs: Sequence[Run]):
         world = run.result.get("world_size") or (
             run.params.get("nproc_per_node", 1) * run.params.get("nnodes", 1)
         )
-        gpu = bool(run.result.get("gpu") or any("cuda" in str(v) for v in run.params.values()))
+        gpu = run.result.get("device") == "cuda"
         rows.append(
             {
                 "run": run.name,

@@ -471,9 +471,9 @@ def train(flat: dict, interactive: bool = False, prepared: tuple | None = None) 
         "resumed_from": ckpt.name if ckpt else None,
         "preempted": preempted,
         "group_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
-        "wrapped_as": type(
-            trainer.model_wrapped
-        ).__name__,  # DistributedDataParallel, FullyShardedDataParallel, ...
+        "device": device_kind(),  # "cuda" (ROCm too) or "cpu": GPU-hours in the run summary
+        # what accelerate wrapped the model in: DistributedDataParallel, DeepSpeedEngine, ...
+        "wrapped_as": type(trainer.model_wrapped).__name__,
     }
     if preempted:
         result["param_digest"] = param_digest(trainer.model)
