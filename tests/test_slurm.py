@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from slurm_cluster import LocalSlurm, unavailable
+from test_notebooks import outputs
 
 from workshop_lib.model import REPO_ROOT
 
@@ -62,13 +63,6 @@ def log_of(out_root, name, job_id):
     return (Path(out_root) / "logs" / f"{name}-{job_id}.out").read_text(errors="replace")
 
 
-def notebook_text(path):
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-
-
 def test_two_node_training_job(cluster, tmp_path):
     t0 = time.time()
     job, out = submit(cluster, tmp_path, "--recipe", "recipes/tiny_cpu.yaml", "--nodes", "2", "--name", "two")
@@ -79,7 +73,7 @@ def test_two_node_training_job(cluster, tmp_path):
     assert info["JobState"] == "COMPLETED", log[-3000:]
     print(f"\n2-node training job wall time: {wall:.1f} s")
     run = tmp_path / "two"
-    texts = [notebook_text(run / "notebooks" / f"03_train.node{r}.try0.ipynb") for r in (0, 1)]
+    texts = [outputs(run / "notebooks" / f"03_train.node{r}.try0.ipynb")[0] for r in (0, 1)]
     digests = [re.search(r'"param_digest": "(\w+)"', t).group(1) for t in texts]
     assert digests[0] == digests[1]  # both nodes ended with the same parameters
     assert all('"group_size": 2' in t and '"world_size": 2' in t for t in texts)

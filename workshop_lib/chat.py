@@ -152,8 +152,8 @@ def encode(
 ) -> dict[str, list[list[int]]]:
     """Tokenize a batch of conversations and label them: the answer tokens keep their id, the rest IGNORE.
 
-    One batched apply_chat_template call (one fast-tokenizer call for the whole batch). This is the
-    function training maps over the dataset and the token view shows. assistant_only=False trains
+    The whole batch is rendered and tokenized in bulk (`_encode_with_masks`, equal to transformers'
+    apply_chat_template). This is the function training maps over the dataset and the token view shows. assistant_only=False trains
     on every token (labels = input_ids), like TRL with assistant_only_loss=False.
     """
     text = _template_of(tokenizer, template)
@@ -467,9 +467,11 @@ def check_template(tokenizer, template: str | None = None, sample: list[dict] | 
             )
         )
 
-    ids = tokenizer.apply_chat_template(sample, chat_template=text, tokenize=True, return_dict=True)[
-        "input_ids"
-    ]
+    # one tokenization of the sample for the checks below (with the answer mask when there are markers)
+    enc = tokenizer.apply_chat_template(
+        sample, chat_template=text, tokenize=True, return_dict=True, return_assistant_tokens_mask=has_markers
+    )
+    ids = enc["input_ids"]
     bos = tokenizer.bos_token_id
     if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
         add(
@@ -527,9 +529,6 @@ def check_template(tokenizer, template: str | None = None, sample: list[dict] | 
 
     if not has_markers:
         return report
-    enc = tokenizer.apply_chat_template(
-        sample, chat_template=text, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-    )
     mask = enc["assistant_masks"]
     if not any(mask):
         add(

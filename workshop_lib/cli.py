@@ -113,7 +113,7 @@ def print_summary(run_dir: Path, seconds: float) -> None:
 
 def plot(paths: list[str], out: str | None, x: str, smoothing: float) -> int:
     """Write loss_curves.png/.svg and summary.csv/.md: into the run folder (one run) or --out (several)."""
-    from .plots import load_runs, plot_runs, save_figure, summary_table
+    from .plots import load_runs, write_report
 
     runs, problems = [], []
     for p in paths:
@@ -128,26 +128,10 @@ def plot(paths: list[str], out: str | None, x: str, smoothing: float) -> int:
             file=sys.stderr,
         )
         return 2
-    target = Path(out) if out else (runs[0].path if len(runs) == 1 else Path("runs") / "comparison")
-    fig = plot_runs(runs, x=x, smoothing=smoothing)
-    written = save_figure(fig, target / "loss_curves")
-    table = summary_table(runs)
-    table.to_csv(target / "summary.csv", index=False)
-    (target / "summary.md").write_text(
-        table.to_markdown(index=False) if _has_tabulate() else table.to_string()
-    )
-    print(table.to_string(index=False))
-    print("wrote", *written, target / "summary.csv", sep="\n  ")
+    report = write_report(runs, out, x=x, smoothing=smoothing)
+    print(report["table"].to_string(index=False))
+    print("wrote", *report["written"], sep="\n  ")
     return 0
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-
-        return True
-    except ImportError:
-        return False
 
 
 SECONDARY = (

@@ -472,12 +472,17 @@ def load_conversations(
     return out, report
 
 
+def _key(row: dict) -> str:
+    """A conversation's identity: its turns, text and order (used by deduplicate and overlap)."""
+    return json.dumps(row["messages"], sort_keys=True, ensure_ascii=False)
+
+
 def deduplicate(rows: list[dict]) -> tuple[list[dict], int]:
     """Drop exact duplicate conversations (same turns, same text), keeping the first; return the count dropped."""
     seen: set[str] = set()
     out = []
     for r in rows:
-        key = json.dumps(r["messages"], sort_keys=True, ensure_ascii=False)
+        key = _key(r)
         if key not in seen:
             seen.add(key)
             out.append(r)
@@ -496,8 +501,8 @@ def split(rows: list[dict], eval_fraction: float = 0.1, seed: int = 0) -> tuple[
 
 def overlap(train: list[dict], held_out: list[dict]) -> int:
     """How many held-out conversations also appear in train (a leak that inflates eval scores)."""
-    keys = {json.dumps(r["messages"], sort_keys=True, ensure_ascii=False) for r in train}
-    return sum(json.dumps(r["messages"], sort_keys=True, ensure_ascii=False) in keys for r in held_out)
+    keys = {_key(r) for r in train}
+    return sum(_key(r) in keys for r in held_out)
 
 
 def stats(rows: list[dict]) -> dict[str, Any]:

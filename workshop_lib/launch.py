@@ -54,6 +54,13 @@ def _slurm_first_host() -> str | None:
     return m.group(1) + m.group(2) if m else first
 
 
+def this_node_rank(nnodes: int = 1, given: int | None = None) -> int:
+    """This node's rank: as given, else $SLURM_NODEID (or $NODE_RANK) when there are several nodes, else 0."""
+    if given is not None:
+        return int(given)
+    return int(os.environ.get("SLURM_NODEID", os.environ.get("NODE_RANK", 0))) if nnodes > 1 else 0
+
+
 def topology(
     nnodes: int = 1,
     nproc_per_node: int = 1,
@@ -62,8 +69,7 @@ def topology(
     master_port: int | None = None,
 ) -> Topology:
     """Fill in what was not given from SLURM (SLURM_NODEID, the node list, the job id) or local defaults."""
-    if node_rank is None:
-        node_rank = int(os.environ.get("SLURM_NODEID", os.environ.get("NODE_RANK", 0))) if nnodes > 1 else 0
+    node_rank = this_node_rank(nnodes, node_rank)
     if master_addr is None:
         master_addr = (
             os.environ.get("MASTER_ADDR") or (_slurm_first_host() if nnodes > 1 else None) or "127.0.0.1"

@@ -1,4 +1,4 @@
-"""Models: build the offline tiny chat model, resolve model names, load any model + tokenizer.
+"""Models: build the offline tiny chat model and resolve model names (tiny, a folder or a hub id).
 
 The kit never needs a model hub: `build_tiny_model()` trains a byte-level BPE tokenizer on the
 bundled data and initialises a tiny Llama-architecture model in a few seconds, deterministically,
@@ -147,11 +147,3 @@ def resolve_model(name_or_path: str | Path) -> str:
             )
         return str(path)
     return str(name_or_path)
-
-
-def load_tokenizer(name_or_path: str | Path):
-    """Load a tokenizer; give it a pad token distinct from eos when it has none."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name_or_path))
-    return tokenizer

@@ -314,6 +314,28 @@ def save_figure(fig, path_stem: str | Path) -> list[Path]:
     return out
 
 
+def write_report(
+    runs: Sequence[Run], out_dir: str | Path | None = None, x: str = "step", smoothing: float = 0.6
+) -> dict[str, Any]:
+    """Loss curves (PNG + SVG) and summary table (CSV + Markdown) of runs, written into `out_dir`:
+    by default the run folder for one run, runs/comparison for several. Used by notebook 04 and `plot`."""
+    from .model import REPO_ROOT
+
+    target = (
+        Path(out_dir) if out_dir else (runs[0].path if len(runs) == 1 else REPO_ROOT / "runs" / "comparison")
+    )
+    fig = plot_runs(runs, x=x, smoothing=smoothing)
+    written = save_figure(fig, target / "loss_curves")
+    table = summary_table(runs)
+    table.to_csv(target / "summary.csv", index=False)
+    try:
+        markdown = table.to_markdown(index=False)
+    except ImportError:  # pandas needs tabulate for Markdown
+        markdown = table.to_string(index=False)
+    (target / "summary.md").write_text(markdown)
+    return {"target": target, "figure": fig, "table": table, "written": [*written, target / "summary.csv"]}
+
+
 def live_plot(every_s: float = 2.0):
     """A callable for train.fit(plot=...): redraws the loss curve in one notebook output as metrics arrive."""
     from IPython.display import display

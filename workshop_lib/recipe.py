@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def _allowed(annotation: Any) -> tuple[type, ...] | None:
     """Python types a value of this dataclass annotation may have (None: can't tell, accept)."""
     hints = (
         typing.get_args(annotation)
-        if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None))
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
         else (annotation,)
     )
     out: list[type] = []

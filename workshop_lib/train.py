@@ -68,11 +68,10 @@ def prepare_run(recipe: Recipe) -> Path:
     A new run writes recipe.yaml. An existing one needs resume=True; its metrics after the last
     checkpoint (logged by a run that was then killed) are dropped, so no step appears twice.
     """
+    from .launch import this_node_rank
+
     run_dir = recipe.run_dir
-    node_rank = recipe.kit["node_rank"]
-    if node_rank is None:
-        node_rank = int(os.environ.get("SLURM_NODEID", 0)) if recipe.kit["nnodes"] > 1 else 0
-    if node_rank != 0:
+    if this_node_rank(recipe.kit["nnodes"], recipe.kit["node_rank"]) != 0:
         return run_dir  # node 0 creates or checks the folder (shared file system); training waits for it
     if (run_dir / "recipe.yaml").exists():
         if not recipe.kit["resume"]:
@@ -154,9 +153,8 @@ class _Callbacks:
                 tokens = logs.get("num_tokens")
                 if tokens is not None:
                     if self.tokens0 is not None and now > self.t0:
-                        rec["tokens_per_s"] = (
-                            (tokens - self.tokens0) / (now - self.t0) * int(os.environ.get("WORLD_SIZE", 1))
-                        )
+                        # TRL's num_tokens already counts the tokens of all ranks
+                        rec["tokens_per_s"] = (tokens - self.tokens0) / (now - self.t0)
                     self.t0, self.tokens0 = now, tokens
                 if torch.cuda.is_available():
                     rec["memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -342,11 +340,7 @@ def load_model(recipe: Recipe, tokenizer):
 
     from .model import resolve_model
 
-    kwargs: dict[str, Any] = {}
-    if device_kind() == "cuda":
-        kwargs["dtype"] = torch.bfloat16
-    else:
-        kwargs["dtype"] = torch.float32
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if device_kind() == "cuda" else torch.float32}
     if recipe.kit["method"] == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -393,8 +387,7 @@ def param_digest(model) -> str:
 def _exact_match(model, tokenizer, rows, n, recipe) -> dict:
     from . import generate
 
-    device = "cuda" if device_kind() == "cuda" else "cpu"
-    model.to(device)
+    model.to(device_kind())
     return generate.exact_match(model, tokenizer, rows, n=n, max_new_tokens=recipe.kit["max_new_tokens"])
 
 
@@ -511,28 +504,32 @@ def _is_interactive() -> bool:
 
 
 class Progress(threading.Thread):
-    """Follows metrics.jsonl from the notebook process: one log line per step in batch, a live plot
-    (or a progress line) when interactive. Works whether training runs here or in forked workers."""
+    """Follows metrics.jsonl from the notebook process and prints one line per logged step (and redraws
+    the live plot, if given). Works whether training runs here or in forked workers."""
 
-    def __init__(self, path: Path, interactive: bool, every: float = 2.0, plot=None):
+    def __init__(self, path: Path, every: float = 2.0, plot=None):
         super().__init__(daemon=True)
-        self.path, self.interactive, self.every, self.plot = path, interactive, every, plot
+        self.path, self.every, self.plot = path, every, plot
         self.done = threading.Event()
-        self.seen = 0
+        self.offset = 0  # bytes of the file already read
         self.records: list[dict] = []
 
     def _read(self) -> list[dict]:
+        """Complete new lines since the last read (a line being written is read next time)."""
         if not self.path.exists():
             return []
-        lines = self.path.read_text().splitlines()
-        new = []
-        for line in lines[self.seen :]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        records = []
+        for line in complete.splitlines():
             try:
-                new.append(json.loads(line))
+                records.append(json.loads(line))
             except json.JSONDecodeError:
-                break  # a line being written: read it next time
-        self.seen += len(new)
-        return new
+                continue  # a line cut by an earlier kill: plots.load_run reports those
+        return records
 
     def poll(self) -> None:
         for r in self._read():
@@ -572,8 +569,8 @@ def fit(recipe: Recipe, interactive: bool | None = None, plot=None, prepared: tu
 
     interactive = _is_interactive() if interactive is None else interactive
     run_dir = prepare_run(recipe)
-    progress = Progress(run_dir / "metrics.jsonl", interactive, plot=plot)
-    progress.seen = len(progress._read()) if (run_dir / "metrics.jsonl").exists() else 0
+    progress = Progress(run_dir / "metrics.jsonl", plot=plot)
+    progress._read()  # a resumed run: skip what earlier tries logged
     progress.start()
     kit = recipe.kit
     try:
@@ -582,6 +579,7 @@ def fit(recipe: Recipe, interactive: bool | None = None, plot=None, prepared: tu
             recipe.flat(),
             interactive and recipe.world_size == 1,
             str(run_dir / "logs"),
+            prepared,
             nproc_per_node=kit["nproc_per_node"],
             nnodes=kit["nnodes"],
             node_rank=kit["node_rank"],
@@ -593,8 +591,8 @@ def fit(recipe: Recipe, interactive: bool | None = None, plot=None, prepared: tu
         progress.join()
     first = results[min(results)]
     summary = dict(first, ranks=results)
-    if not first.get("preempted") and (kit["node_rank"] or 0) == 0:
-        (run_dir / "result.json").write_text(json.dumps({k: v for k, v in first.items()}, indent=1))
+    if not first.get("preempted") and launch.this_node_rank(kit["nnodes"], kit["node_rank"]) == 0:
+        (run_dir / "result.json").write_text(json.dumps(first, indent=1))
     return summary
 
 
