@@ -256,6 +256,8 @@ def _turn(t: Any, role_key: str, content_key: str, where: str, parts: str, out: 
     for k in TURN_KEYS:
         if k in t and t[k] is not None:
             m[k] = _normalise_calls(t[k]) if k == "tool_calls" else t[k]
+    if m.get("tool_calls") and m.get("content") is None:
+        m["content"] = ""  # OpenAI writes null; some templates would render None|trim as "None"
     return m
 
 
