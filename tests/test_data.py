@@ -277,3 +277,70 @@ def test_lima_and_dolly_shapes(tmp_path):
         {"role": "user", "content": "Tiivistä.\n\nPitkä teksti."},
         {"role": "assistant", "content": "Lyhyt."},
     ]
+
+
+# ----------------------------------------------------------------------------- issue 12: errors people met
+@pytest.mark.parametrize(
+    "name, text",
+    [("e.jsonl", ""), ("b.jsonl", "\n  \n"), ("a.json", "[]"), ("h.csv", "question,answer\n")],
+)
+def test_empty_file_is_an_error_naming_the_file(tmp_path, name, text):
+    p = write(tmp_path, name, text)
+    with pytest.raises(D.DataError, match=r"no rows: the file is empty") as err:
+        D.load_conversations(p)
+    assert str(p) in str(err.value)
+    rows, report = D.load_conversations(p, on_error="drop")
+    assert rows == [] and report.problems[0].kind == "empty file"
+
+
+def test_alpaca_row_without_output_names_the_field(tmp_path):
+    p = write(tmp_path, "a.jsonl", json.dumps({"instruction": "Käännä", "input": "kissa"}) + "\n")
+    with pytest.raises(D.DataError) as err:
+        D.load_conversations(p)
+    (prob,) = err.value.report.problems
+    assert (
+        prob.field == "output" and "missing field 'output'" in prob.message and prob.kind == "missing field"
+    )
+
+
+def test_sharegpt_problems_name_the_original_field(tmp_path):
+    rows = [
+        {"conversations": [{"from": "human", "value": "Hei"}, {"from": "gpt", "value": None}]},
+        {
+            "system": "Ole lyhyt.",
+            "conversations": [{"from": "human", "value": "Hei"}, {"from": "gtp", "value": "x"}],
+        },
+    ]
+    p = write(tmp_path, "s.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    _, report = D.load_conversations(p, on_error="drop")
+    null, role = report.problems
+    assert (null.line, null.field) == (1, "conversations[1].value") and "null" in null.message
+    assert "quote" not in null.hint  # a null is missing text, not a number to quote
+    # the system field is prepended, yet the problem still points at conversations[1], not messages[2]
+    assert (role.line, role.field) == (2, "conversations[1].from") and "unknown role 'gtp'" in role.message
+
+
+def test_row_that_is_a_json_array(tmp_path):
+    turns = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    p = write(tmp_path, "r.jsonl", json.dumps(turns) + "\n" + json.dumps([1, 2]) + "\n")
+    _, report = D.load_conversations(p, on_error="drop")
+    a, b = report.problems
+    assert "the row is a JSON array, not an object" in a.message and '{"messages": [...]}' in a.hint
+    assert "JSON array" in b.message and "messages" not in b.hint
+    assert "fields: list" not in str(report)
+
+
+def test_json_messages_read_right(tmp_path):
+    p = write(tmp_path, "u.jsonl", '{"messages": "unterminated\n')
+    _, report = D.load_conversations(p, on_error="drop")
+    (prob,) = report.problems
+    assert prob.message == "invalid JSON: Unterminated string starting at column 14"
+    p = write(tmp_path, "u.json", '[{"a": 1}')
+    _, report = D.load_conversations(p, on_error="drop")
+    assert " at at " not in str(report) and "at column" in str(report)
+
+
+def test_fields_in_other_case_get_a_rename_hint(tmp_path):
+    p = write(tmp_path, "c.jsonl", json.dumps({"Instruction": "Käännä", "Output": "cat"}) + "\n")
+    with pytest.raises(D.DataError, match="rename them in lower case"):
+        D.load_conversations(p)
