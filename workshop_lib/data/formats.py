@@ -55,10 +55,25 @@ class Converted:
     messages: Any
     tools: Any = None
     fields: dict[str, str] = field(default_factory=dict)  # "messages[1].content" -> "conversations[1].value"
+    # (index, the turn's field, its role key, its content key, a call written as text): expanded into
+    # `fields` only when a problem needs naming, so valid rows pay nothing for it
+    turns: list[tuple[int, str, str, str, bool]] = field(default_factory=list)
+    names: list[str] = field(
+        default_factory=list
+    )  # one field per turn (Alpaca, Q/A): the turn and its content
     problems: list[tuple[str, str, str, str]] = field(default_factory=list)  # (field, message, hint, kind)
 
     def origin(self, converted_field: str) -> str:
         """The row's name for a converted field: the longest known prefix replaced, the rest kept."""
+        for i, where, role_key, content_key, call in self.turns:
+            self.fields[f"messages[{i}]"] = where
+            self.fields[f"messages[{i}].role"] = f"{where}.{role_key}"
+            self.fields[f"messages[{i}].content"] = f"{where}.{content_key}"
+            if call:
+                self.fields[f"messages[{i}].tool_calls"] = f"{where}.{content_key}"
+        for i, n in enumerate(self.names):
+            self.fields[f"messages[{i}]"] = self.fields[f"messages[{i}].content"] = n
+        self.turns, self.names = [], []
         f = converted_field
         while True:
             if f in self.fields:
@@ -103,15 +118,17 @@ def detect_format(record: Any) -> str | None:
     return None
 
 
+_NEED = {
+    "alpaca": (
+        ("output", "response"),
+        "an Alpaca row has instruction, optional input, and output (Dolly: response)",
+    ),
+    "prompt_completion": (("completion", "response", "chosen"), "a prompt row needs its completion"),
+}
+
+
 def missing_fields(record: dict, fmt: str) -> list[tuple[str, str, str, str]]:
     """The fields a record of `fmt` needs but lacks, each as one problem naming the field."""
-    need = {
-        "alpaca": (
-            ("output", "response"),
-            "an Alpaca row has instruction, optional input, and output (Dolly: response)",
-        ),
-        "prompt_completion": (("completion", "response", "chosen"), "a prompt row needs its completion"),
-    }
     if fmt == "qa":
         for q, a in QA_COLUMNS:
             if q in record and a not in record:
@@ -124,10 +141,10 @@ def missing_fields(record: dict, fmt: str) -> list[tuple[str, str, str, str]]:
                     )
                 ]
         return []
-    if fmt in need and not any(k in record for k in need[fmt][0]):
-        name = need[fmt][0][0]
+    if fmt in _NEED and not any(k in record for k in _NEED[fmt][0]):
+        name = _NEED[fmt][0][0]
         return [
-            (name, f"missing field {name!r}: {need[fmt][1]}", f"add the answer as {name!r}", "missing field")
+            (name, f"missing field {name!r}: {_NEED[fmt][1]}", f"add the answer as {name!r}", "missing field")
         ]
     return []
 
@@ -174,11 +191,8 @@ def convert(record: dict, fmt: str, columns: dict[str, str] | None = None, parts
             ]
             out.fields.update({f"messages[{i + start}]": f"{key}[{i}]" for i in range(len(turns))})
         elif isinstance(turns, list):
-            shape = (
-                ("from", "value")
-                if any(isinstance(t, dict) and "from" in t for t in turns)
-                else ("role", "content")
-            )
+            first = next((t for t in turns if isinstance(t, dict)), {})
+            shape = ("from", "value") if "from" in first else ("role", "content")
             msgs = [_turn(t, *shape, f"{key}[{i}]", parts, out, i + start) for i, t in enumerate(turns)]
         else:
             out.messages = turns  # validate() reports it
@@ -201,9 +215,7 @@ def convert(record: dict, fmt: str, columns: dict[str, str] | None = None, parts
         if isinstance(record.get("system"), str) and record["system"].strip():
             msgs.insert(0, {"role": "system", "content": record["system"]})
             names.insert(0, "system")
-        out.messages = msgs
-        out.fields.update({f"messages[{i}]": n for i, n in enumerate(names)})
-        out.fields.update({f"messages[{i}].content": n for i, n in enumerate(names)})
+        out.messages, out.names = msgs, names
         return out
     if fmt == "prompt_completion":
         ckey = next((k for k in ("completion", "response", "chosen") if k in record), "completion")
@@ -227,25 +239,22 @@ def convert(record: dict, fmt: str, columns: dict[str, str] | None = None, parts
                 if isinstance(record.get("system"), str) and record["system"].strip():
                     msgs.insert(0, {"role": "system", "content": record["system"]})
                     names.insert(0, "system")
-                out.messages = msgs
-                out.fields.update({f"messages[{i}]": n for i, n in enumerate(names)})
-                out.fields.update({f"messages[{i}].content": n for i, n in enumerate(names)})
+                out.messages, out.names = msgs, names
                 return out
     raise ValueError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
 def _turn(t: Any, role_key: str, content_key: str, where: str, parts: str, out: Converted, index: int) -> Any:
     """One turn normalised: role aliases mapped, parts joined, tool calls in transformers' shape."""
-    out.fields[f"messages[{index}]"] = where
     if not isinstance(t, dict):
+        out.fields[f"messages[{index}]"] = where
         return t
-    out.fields[f"messages[{index}].role"] = f"{where}.{role_key}"
-    out.fields[f"messages[{index}].content"] = f"{where}.{content_key}"
     m: dict[str, Any] = {}
     role = t.get(role_key, _MISSING)
     content = t.get(content_key, _MISSING)
-    if isinstance(role, str) and role.strip().lower() in CALL_ROLES:
-        out.fields[f"messages[{index}].tool_calls"] = f"{where}.{content_key}"
+    call = isinstance(role, str) and role.strip().lower() in CALL_ROLES
+    out.turns.append((index, where, role_key, content_key, call))
+    if call:
         m["role"], m["content"] = "assistant", ""
         m["tool_calls"] = _calls_from_text(content, f"{where}.{content_key}", out)
         return m
@@ -253,7 +262,10 @@ def _turn(t: Any, role_key: str, content_key: str, where: str, parts: str, out: 
         m["role"] = ROLE_ALIASES.get(role.strip().lower(), role) if isinstance(role, str) else role
     if content is not _MISSING:
         m["content"] = _join_parts(content) if parts == "join" else content
-    for k in TURN_KEYS:
+    extra = len(t) > (role is not _MISSING) + (
+        content is not _MISSING
+    )  # most turns hold only role and content
+    for k in TURN_KEYS if extra else ():
         if k in t and t[k] is not None:
             m[k] = _normalise_calls(t[k]) if k == "tool_calls" else t[k]
     if m.get("tool_calls") and m.get("content") is None:

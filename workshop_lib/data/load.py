@@ -210,15 +210,10 @@ def _check_columns(columns: dict[str, str] | None) -> None:
 def _check_echo(rows: list[dict], columns: dict[str, str] | None, report: Report) -> None:
     """Most answers repeating their prompt word for word means the conversion is wrong, not the data."""
     echo = 0
-    for r in rows:
+    for r in rows:  # the last exchange is enough: a wrong mapping repeats in every one
         msgs = r["messages"]
-        echo += any(
-            a.get("role") == "assistant"
-            and b.get("role") == "user"
-            and isinstance(a.get("content"), str)
-            and a["content"].strip() == str(b.get("content", "")).strip()
-            for b, a in zip(msgs, msgs[1:], strict=False)
-        )
+        if len(msgs) > 1 and msgs[-2].get("role") == "user" and isinstance(msgs[-1].get("content"), str):
+            echo += msgs[-1]["content"].strip() == str(msgs[-2].get("content", "")).strip()
     if echo >= 3 and echo * 2 > len(rows):  # a few echo tasks are fine; most rows echoing is not
         hint = (
             "the columns given hold the same text; name the column of the answers for 'assistant'"
