@@ -105,6 +105,9 @@ def test_dataset_repository_folder_and_save_to_disk(tmp_path):
     rows, _ = D.load_training_rows(f"{tmp_path / 'dd'}:test")
     assert rows == [{"messages": [{"role": "user", "content": "q3"}, {"role": "assistant", "content": "a3"}]}]
     assert len(D.load_training_rows(tmp_path / "dd")[0]) == 2  # train by default
+    assert (
+        D.load_conversations(f"{tmp_path / 'dd'}:test")[0] == rows
+    )  # the same spec reads the same everywhere
     with pytest.raises(ValueError, match="no split 'dev'; it has train, test"):
         D.load_training_rows(f"{tmp_path / 'dd'}:dev")
 

@@ -46,9 +46,11 @@ def load_conversations(
     if paths not in trees.PATHS:
         raise ValueError(f"paths must be one of {', '.join(trees.PATHS)}, not {paths!r}")
     _check_columns(columns)
-    file = str(path)
+    file = source = str(path)
+    if split is None:
+        source, split = split_spec(file)  # "org/name:test"; an existing path keeps any colon it has
     report = Report(file)
-    rows = read_source(file, name=name, split=split, report=report)
+    rows = read_source(source, name=name, split=split, report=report)
     if not rows and not report.problems:
         report.problems.append(
             Problem(
