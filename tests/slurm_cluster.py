@@ -1,5 +1,8 @@
 """A real Slurm cluster on localhost for the tests: munged, slurmctld and N slurmd ("nodes" n1..nN).
 
+One cluster serves the whole test session (`shared()`, the `cluster` fixture): 3 nodes, so that 3-rank
+runs can be tested, each advertising 4 CPUs so that several 1-CPU jobs run side by side.
+
 Each slurmd runs in its own mount and UTS namespace: its hostname is its node name, and a private
 copy of /etc/hosts makes n1..nN resolve to 127.0.0.1 inside jobs (MASTER_ADDR is a node name), without
 touching the machine's real /etc/hosts. Config, state and logs live in a temporary folder. Needs root
@@ -8,12 +11,16 @@ and Debian's slurmctld, slurmd, slurm-client and munge (scripts/install_slurm.sh
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 NEEDED = ["slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "munged", "unshare"]
 
@@ -191,3 +198,32 @@ class LocalSlurm:
                     os.kill(int(proc.name), 9)
             except (OSError, PermissionError):
                 pass
+
+
+_SHARED: LocalSlurm | None = None
+
+
+def shared(nodes: int = 3, cpus: int = 4) -> LocalSlurm:
+    """The session's cluster: started on first use, stopped when the test process exits."""
+    global _SHARED
+    if _SHARED is None:
+        root = Path(tempfile.mkdtemp(prefix="workshop-slurm-"))
+        cluster = LocalSlurm(root, nodes=nodes, cpus=cpus)
+        seconds = cluster.start()
+        print(f"\nlocal Slurm cluster ({nodes} nodes) up in {seconds:.2f} s")
+
+        def stop() -> None:
+            cluster.stop()
+            shutil.rmtree(root, ignore_errors=True)
+
+        atexit.register(stop)
+        _SHARED = cluster
+    return _SHARED
+
+
+def for_tests() -> LocalSlurm:
+    """The shared cluster for a test module's `cluster` fixture; skips where it cannot run (a failure in CI)."""
+    why = unavailable()
+    if why:
+        pytest.skip(f"no local Slurm cluster: {why}")
+    return shared()

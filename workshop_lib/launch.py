@@ -23,6 +23,12 @@ class LaunchError(RuntimeError):
     """A worker failed: the message carries its rank and its own traceback."""
 
 
+def master_port_for_job(job_id: int | str) -> int:
+    """The rendezvous port of a Slurm job: one per job id, so two jobs sharing a node never collide.
+    The one home of this rule: the job script gets it from `job-env`."""
+    return 20000 + int(job_id) % 20000
+
+
 @dataclass
 class Topology:
     nnodes: int
@@ -80,8 +86,7 @@ def topology(
         elif nnodes == 1:
             master_port = free_port()  # one node: any free port (a fixed one collides with a leftover run)
         elif os.environ.get("SLURM_JOB_ID"):
-            # one port per job, so two jobs sharing a node do not collide
-            master_port = 20000 + int(os.environ["SLURM_JOB_ID"]) % 20000
+            master_port = master_port_for_job(os.environ["SLURM_JOB_ID"])
         else:
             master_port = 29500
     if not 0 <= node_rank < nnodes:
@@ -137,10 +142,23 @@ def _worker(fn: Callable, args: tuple, threads: int, quiet: bool) -> Any:
     return fn(*args)
 
 
-def _recorded(fn_and_args: tuple) -> Any:
+def _recorded(fn_and_args: tuple, failure_dir: str | None) -> Any:
+    """The worker under torch elastic's error recording; an exception is also written, with its exact time,
+    to the run's failure records (failures.py picks the root cause across ranks and nodes from them)."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    return record(_worker)(*fn_and_args)
+    if failure_dir:
+        from . import failures
+
+        failures.announce_worker(failure_dir, int(os.environ.get("RANK", 0)))
+    try:
+        return record(_worker)(*fn_and_args)
+    except Exception as e:
+        if failure_dir:
+            from . import failures
+
+            failures.record_exception(failure_dir, int(os.environ.get("RANK", 0)), e)
+        raise
 
 
 def run(
@@ -153,12 +171,15 @@ def run(
     master_port: int | None = None,
     quiet_ranks: bool = True,
     rdzv_timeout_s: int = 300,
+    failure_dir: str | os.PathLike | None = None,
 ) -> dict[int, Any]:
     """Run fn(*args) on every worker and return {global rank: result} for this node's workers.
 
     nproc_per_node=1 and nnodes=1: fn runs here, in-process (no process group), returns {0: result}.
     Otherwise torch's elastic launcher forks the workers; they find each other through a static
     rendezvous at master_addr:master_port. A failing worker raises LaunchError with its traceback.
+    failure_dir (default: $WORKSHOP_FAILURE_DIR, set by the Slurm job): where each failed rank's record
+    goes (time, exception or signal), for `failure-report`.
     """
     top = topology(nnodes, nproc_per_node, node_rank, master_addr, master_port)
     if top.world_size == 1:
@@ -180,10 +201,21 @@ def run(
         start_method="fork",
     )
     threads = _threads_per_worker(top.nproc_per_node)
+    from . import failures
+
+    failure_dir = str(failure_dir or os.environ.get(failures.FAILURE_DIR_ENV) or "") or None
+    # torch elastic reports only the first failed worker it polls: a watcher records every worker's death
+    watcher = failures.ExitWatcher(failure_dir, top.node_rank) if failure_dir else None
     try:
-        results = elastic_launch(config, _recorded)((fn, args, threads, quiet_ranks))
+        results = elastic_launch(config, _recorded)((fn, args, threads, quiet_ranks), failure_dir)
     except ChildFailedError as e:
+        if failure_dir:  # at once: the job may kill this node soon after another node fails
+            for rank, f in e.failures.items():
+                failures.record_exit(failure_dir, rank, f.exitcode, f.pid, float(f.timestamp), top.node_rank)
         raise LaunchError(_failure_text(e)) from None
+    finally:
+        if watcher:
+            watcher.stop()
     return dict(results)
 
 
@@ -206,3 +238,41 @@ def _failure_text(e: Any) -> str:
                 msg = f"exit code {code} (crash without a Python traceback)"
         lines.append(f"rank {rank} (pid {failure.pid}) failed:\n{msg}")
     return "\n".join(lines) or str(e)
+
+
+# ----------------------------------------------------------------------------- the Slurm job's side
+def job_env(run_dir: str | os.PathLike) -> dict[str, str]:
+    """What the job script needs from Python, so that each rule has one home: rank 0's host and the port
+    (as topology() derives them), the control files (runfolder) and this try's failure-record folder."""
+    from pathlib import Path
+
+    from . import failures
+    from .runfolder import PREEMPTED_FILE, STOP_FILE
+
+    run_dir = Path(run_dir).resolve()
+    job_id = os.environ.get("SLURM_JOB_ID", "0")
+    nnodes = int(os.environ.get("SLURM_NNODES", 1))
+    try_ = int(os.environ.get("SLURM_RESTART_COUNT", 0))
+    return {
+        "MASTER_ADDR": (_slurm_first_host() if nnodes > 1 else None) or "127.0.0.1",
+        "MASTER_PORT": str(master_port_for_job(job_id)),
+        "STOP_FILE": str(run_dir / STOP_FILE),
+        "PREEMPTED_FILE": str(run_dir / PREEMPTED_FILE),
+        failures.FAILURE_DIR_ENV: str(failures.record_dir(run_dir, job_id, try_)),
+        "TRY": str(try_),
+    }
+
+
+def _job_env_command(args) -> int:
+    import shlex
+
+    for key, value in job_env(args.run_dir).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """`job-env RUN_DIR`: shell exports for slurm/train.sbatch (it evals them)."""
+    p = subparsers.add_parser("job-env", help="environment for the Slurm job script (it evals the output)")
+    p.add_argument("run_dir", help="the run folder of this job (or array task)")
+    p.set_defaults(func=_job_env_command)

@@ -4,28 +4,34 @@
     python -m workshop_lib submit --profile local --sweep sweeps/lr.yaml --dry-run
     python -m workshop_lib submit ... -- --time=04:00:00 --qos=high     (extra sbatch options win)
 
-Everything is validated before anything is queued: the profile exists, the recipe and every
-override load (unknown keys, wrong types), the run folder is not an existing run (unless --resume).
+Everything is validated before anything is queued: the profile exists, the recipe and every override
+load (unknown keys, wrong types), the run folder is not an existing run (unless --resume), the values
+after -p come in pairs, the partition exists, has GPUs if the profile asks for them, and enough nodes.
+Each job (or array task) gets one recipe file in its job folder: the recipe merged with the overrides
+and its sweep values. --dry-run shows the job script and the sbatch command, and writes nothing.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import re
 import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .model import REPO_ROOT
-from .recipe import RecipeError, load_recipe
+from .paths import REPO_ROOT, resolve
+from .recipe import RecipeError, load_recipe, read_yaml
 
 PROFILES_DIR = REPO_ROOT / "slurm" / "profiles"
 TEMPLATE = REPO_ROOT / "slurm" / "train.sbatch"
+LAUNCHERS = ("papermill", "python")
 
 
 class SubmitError(ValueError):
@@ -48,7 +54,7 @@ def load_profile(name_or_path: str) -> dict:
 
 
 def parse_value(text: str) -> Any:
-    """A -p value as papermill reads it: numbers, true/false/none, else the string."""
+    """A -p value as papermill reads it: numbers, true/false/none, else the string ("no" stays "no")."""
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -75,6 +81,65 @@ def sweep_tasks(sweep: dict, source: str) -> list[dict]:
     return [{**fixed, **dict(zip(keys, combo, strict=True))} for combo in itertools.product(*grid.values())]
 
 
+# ----------------------------------------------------------------------------- what the partition offers
+def _sbatch_option(sbatch_args: list[str], *names: str) -> str | None:
+    """The value of an sbatch option given after -- (--partition=x, --partition x, -p x)."""
+    for i, arg in enumerate(sbatch_args):
+        for name in names:
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+            if arg == name and i + 1 < len(sbatch_args):
+                return sbatch_args[i + 1]
+    return None
+
+
+def partition_info(partition: str | None) -> dict | None:
+    """{name, nodes, gres} of a partition (the default one for None) from sinfo, or None without Slurm."""
+    cmd = ["sinfo", "-h", "-o", "%P|%D|%G"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    rows = [line.split("|") for line in out.stdout.splitlines() if line.count("|") == 2]
+    if not partition:
+        rows = [r for r in rows if r[0].endswith("*")]
+    if not rows:
+        return {"name": partition, "nodes": 0, "gres": []}
+    gres = sorted({g for r in rows for g in r[2].split(",") if g and g != "(null)"})
+    return {"name": rows[0][0].rstrip("*"), "nodes": sum(int(r[1]) for r in rows), "gres": gres}
+
+
+def check_partition(profile: dict, nodes: int, sbatch_args: list[str]) -> list[str]:
+    """Errors (SubmitError) for a partition that does not exist or has no GPUs for a GPU profile; warnings
+    (returned) when it has fewer nodes than asked for (the job would pend forever)."""
+    partition = _sbatch_option(sbatch_args, "--partition", "-p") or profile.get("partition")
+    info = partition_info(partition)
+    if info is None:
+        return []  # no sinfo here (a dry run on a laptop): sbatch will check
+    if info["nodes"] == 0:
+        raise SubmitError(
+            f"partition {partition!r} does not exist on this cluster (sinfo lists none): set partition: in "
+            f"the profile ({profile['_path']}) or pass -- --partition=<name>; `sinfo -s` lists them."
+        )
+    gpus = int(profile.get("gpus_per_node") or 0)
+    asks_gpus = gpus or _sbatch_option(sbatch_args, "--gpus-per-node", "--gres", "--gpus", "-G")
+    if asks_gpus and not any(g.startswith("gpu") for g in info["gres"]):
+        raise SubmitError(
+            f"profile {Path(profile['_path']).stem} asks for GPUs (gpus_per_node: {gpus}) but partition "
+            f"{info['name']!r} has none (sinfo shows no gpu gres): choose a GPU partition (partition: in the "
+            "profile or -- --partition=<name>), or use a CPU profile such as local (gpus_per_node: 0)."
+        )
+    if nodes > info["nodes"]:
+        return [
+            f"warning: partition {info['name']!r} has {info['nodes']} node(s) and the job asks for {nodes}: it "
+            "would pend until the partition grows. Ask for fewer nodes (--nodes) or another partition."
+        ]
+    return []
+
+
+# ----------------------------------------------------------------------------- the job
 def _setup_lines(profile: dict) -> str:
     lines = [f"module load {m}" for m in profile.get("modules") or []]
     for k, v in (profile.get("env") or {}).items():
@@ -90,16 +155,37 @@ def _python(profile: dict) -> str:
     return python
 
 
-def render(
-    profile: dict,
-    recipe_path: str,
-    nodes: int,
-    run_name: str,
-    params_file: str,
-    sweep_dir: str = "",
-    output_root: str = "runs",
-    n_tasks: int = 0,
-) -> str:
+@dataclass
+class Job:
+    """A validated job, not yet written: the script, one recipe per task, where everything goes."""
+
+    script: str
+    recipes: dict[str, dict]  # file name in the job folder -> merged recipe
+    job_dir: Path
+    run_name: str
+    names: list[str]  # run folder names (one per array task)
+    out_root: Path
+    log_dir: Path
+    sweep: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def sbatch_command(self, sbatch_args: list[str] | None = None) -> list[str]:
+        return ["sbatch", "--parsable", *(sbatch_args or []), str(self.job_dir / "job.sbatch")]
+
+    def log_paths(self, job_id: str) -> list[Path]:
+        if self.sweep:
+            return [self.log_dir / f"{self.run_name}-{job_id}_{i}.out" for i in range(len(self.names))]
+        return [self.log_dir / f"{self.run_name}-{job_id}.out"]
+
+    def write(self) -> None:
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name, recipe in self.recipes.items():
+            (self.job_dir / name).write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+        (self.job_dir / "job.sbatch").write_text(self.script)
+
+
+def render(profile: dict, fields: dict[str, str], n_tasks: int = 0) -> str:
     sbatch = [f"#SBATCH --array=0-{n_tasks - 1}"] if n_tasks else []
     for key, flag in (
         ("account", "--account"),
@@ -114,25 +200,21 @@ def render(
         sbatch.append(f"#SBATCH --gpus-per-node={profile['gpus_per_node']}")
     sbatch += [f"#SBATCH {x}" for x in profile.get("sbatch_extra") or []]
     fields = {
-        "JOB_NAME": run_name,
-        "NODES": str(nodes),
-        "LOG_DIR": str(Path(output_root) / "logs"),
-        "SIGNAL_S": str(profile.get("signal_before_end_s", 300)),
+        **fields,
         "SBATCH_LINES": "\n".join(sbatch),
+        "SIGNAL_S": str(profile.get("signal_before_end_s", 300)),
         "REPO": str(REPO_ROOT),
         "SETUP": _setup_lines(profile),
         "PYTHON": _python(profile),
-        "RECIPE": recipe_path,
-        "OUTPUT_ROOT": output_root,
-        "RUN_NAME": run_name,
-        "PARAMS_FILE": params_file,
-        "SWEEP_DIR": sweep_dir,
     }
     text = TEMPLATE.read_text()
     for k, v in fields.items():
         text = text.replace(f"@@{k}@@", v)
     left = re.findall(r"@@[A-Z_]+@@", text)
-    assert not left, f"unfilled template fields {left}"
+    if left:
+        raise SubmitError(
+            f"{TEMPLATE}: template fields {left} have no value (a newer template than submit.py?)"
+        )
     return text
 
 
@@ -145,12 +227,14 @@ def prepare(
     sweep_path: str | None = None,
     resume: bool = False,
     output_root: str = "runs",
-) -> dict:
-    """Validate everything and write the job folder; returns what submit() needs. Queues nothing."""
+    launcher: str | None = None,
+    sbatch_args: list[str] | None = None,
+) -> Job:
+    """Validate everything and build the job; writes nothing, queues nothing."""
     profile = load_profile(profile_name)
     sweep: dict = {}
     if sweep_path:
-        sp = Path(sweep_path)
+        sp = resolve(sweep_path)
         if not sp.exists():
             raise SubmitError(f"{sp}: no such sweep file")
         sweep = yaml.safe_load(sp.read_text()) or {}
@@ -158,103 +242,89 @@ def prepare(
         run_name = run_name or sweep.get("name") or sp.stem
     if not recipe_path:
         raise SubmitError("no recipe: pass --recipe recipes/<name>.yaml (or give recipe: in the sweep file)")
-    rp = Path(recipe_path)
-    rp = rp if rp.is_absolute() else REPO_ROOT / rp
-    if not rp.exists():
-        raise SubmitError(
-            f"{recipe_path}: no such recipe file. Recipes live in recipes/ (e.g. recipes/tiny_cpu.yaml)."
-        )
     if nodes < 1:
         raise SubmitError(f"--nodes must be at least 1, not {nodes}")
+    launcher = launcher or profile.get("launcher") or "papermill"
+    if launcher not in LAUNCHERS:
+        raise SubmitError(
+            f"launcher {launcher!r}: use one of {', '.join(LAUNCHERS)} (--launcher or the profile)"
+        )
+    base = read_yaml(recipe_path)  # names the file if it is missing or broken
+    job = {**overrides, "nnodes": nodes}
     gpus = int(profile.get("gpus_per_node") or 0)
-    job = dict(overrides)
-    job["nnodes"] = nodes
-    if gpus:
-        job.setdefault("nproc_per_node", gpus)
+    if gpus and "nproc_per_node" not in overrides:
+        job["nproc_per_node"] = gpus  # one process per GPU
     tasks = sweep_tasks(sweep, str(sweep_path)) if sweep else [{}]
-    base = load_recipe(rp, overrides=job)  # unknown keys, types, combinations: before anything is queued
-    run_name = run_name or base.kit["run_name"]
-    out_root = Path(output_root) if Path(output_root).is_absolute() else REPO_ROOT / output_root
+    run_name = run_name or load_recipe({**base, **job}, name=str(recipe_path)).run_name
+    out_root = resolve(output_root)
     names = [f"{run_name}-{i}" for i in range(len(tasks))] if sweep else [run_name]
+    recipes = {}
     for i, task in enumerate(tasks):
+        merged = {**base, **job, **task}
+        label = f"{recipe_path} + overrides" + (f" + sweep task {i} {task}" if sweep else "")
         try:
-            load_recipe(rp, overrides={**job, **task})
+            load_recipe(merged, name=label)  # unknown keys, types, combinations: before anything is queued
         except RecipeError as e:
-            raise SubmitError(f"sweep task {i} ({task}): {e}") from None
+            raise SubmitError(str(e)) from None
         if (out_root / names[i] / "recipe.yaml").exists() and not resume:
             raise SubmitError(
                 f"run folder {out_root / names[i]} exists: pass --resume to continue it, or choose "
                 "another --name (a run is never overwritten)."
             )
+        recipes[f"task-{i}.yaml" if sweep else "recipe.yaml"] = merged
+    warnings = check_partition(profile, nodes, sbatch_args or [])
     job_dir = out_root / ".jobs" / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    job_dir.mkdir(parents=True, exist_ok=True)
-    (out_root / "logs").mkdir(exist_ok=True)
-    params_file = job_dir / "params.yaml"
-    params_file.write_text(yaml.safe_dump(job, sort_keys=False))
-    for i, task in enumerate(tasks if sweep else []):
-        (job_dir / f"task-{i}.yaml").write_text(yaml.safe_dump({**job, **task}, sort_keys=False))
-    script = render(
-        profile,
-        str(rp),
-        nodes,
-        run_name,
-        str(params_file),
-        str(job_dir) if sweep else "",
-        str(out_root),
-        len(tasks) if sweep else 0,
-    )
-    (job_dir / "job.sbatch").write_text(script)
-    return {
-        "script": script,
-        "job_dir": job_dir,
-        "tasks": tasks if sweep else [],
-        "names": names,
-        "out_root": out_root,
-        "log_dir": out_root / "logs",
-        "run_name": run_name,
+    log_dir = out_root / "logs"
+    log_file = log_dir / ("%x-%A_%a.out" if sweep else "%x-%j.out")
+    fields = {
+        "JOB_NAME": run_name,
+        "NODES": str(nodes),
+        "LOG_FILE": str(log_file),
+        "LOG_DIR": str(log_dir),
+        "LAUNCHER": launcher,
+        "JOB_DIR": str(job_dir),
+        "OUTPUT_ROOT": str(out_root),
+        "RUN_NAME": run_name,
     }
+    script = render(profile, fields, len(tasks) if sweep else 0)
+    return Job(script, recipes, job_dir, run_name, names, out_root, log_dir, bool(sweep), warnings)
 
 
-def submit(prepared: dict, sbatch_args: list[str] | None = None) -> str:
-    """sbatch the rendered script; return the job id."""
-    cmd = ["sbatch", "--parsable", *(sbatch_args or []), str(prepared["job_dir"] / "job.sbatch")]
+def submit(job: Job, sbatch_args: list[str] | None = None) -> str:
+    """Write the job folder, sbatch the script; return the job id."""
+    job.write()
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(job.sbatch_command(sbatch_args), capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         raise SubmitError(
             "sbatch not found: submit from a cluster login node (or use --dry-run here)"
         ) from None
     if out.returncode != 0:
-        raise SubmitError(f"sbatch refused the job: {out.stderr.strip()}")
+        raise SubmitError(f"sbatch refused the job: {out.stderr.strip()} (job files in {job.job_dir})")
     return out.stdout.strip().split(";")[0]
 
 
-def main(argv: list[str]) -> int:
-    import argparse
+# ----------------------------------------------------------------------------- command
+def _sbatch_args(rest: list[str], pairs: list[list[str]]) -> list[str]:
+    """What came after `--`; anything else left over is a stray value (most often a second -p value)."""
+    if not rest:
+        return []
+    if rest[0] == "--":
+        return rest[1:]
+    after = f" after -p {' '.join(pairs[-1])}" if pairs else ""
+    raise SubmitError(
+        f"unexpected {rest[0]!r}{after}: -p takes one KEY and one VALUE (a list is one value: "
+        f"-p key '[1, 2]'; several runs: --sweep). Options for sbatch go after --, e.g. -- --time=04:00:00"
+    )
 
-    ap = argparse.ArgumentParser(
-        prog="python -m workshop_lib submit",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument(
-        "--profile", required=True, help="slurm/profiles/<name>.yaml: lumi, nvidia, local, or a path"
-    )
-    ap.add_argument("--recipe", help="recipe YAML (or recipe: in the sweep file)")
-    ap.add_argument("--nodes", type=int, default=1)
-    ap.add_argument("--name", help="run name (default: the recipe's run_name; sweeps: <name>-<task>)")
-    ap.add_argument("--sweep", help="a grid file: recipe, name, grid {key: [values]}, fixed {key: value}")
-    ap.add_argument("--output-root", default="runs")
-    ap.add_argument("--resume", action="store_true", help="continue an existing run folder")
-    ap.add_argument("--dry-run", action="store_true", help="show the job script, queue nothing")
-    ap.add_argument(
-        "-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="recipe override"
-    )
-    ap.add_argument("sbatch_args", nargs="*", help="after --: options for sbatch, overriding the script's")
-    args = ap.parse_args(argv)
-    overrides = {k: parse_value(v) for k, v in args.p}
+
+def _command(args: argparse.Namespace) -> int:
     try:
-        prep = prepare(
+        sbatch_args = _sbatch_args(args.sbatch_args, args.p)
+        if not args.profile:
+            raise SubmitError("--profile is required: lumi, nvidia, local, or a path to a profile YAML")
+        overrides = {k: parse_value(v) for k, v in args.p}
+        job = prepare(
             args.profile,
             args.recipe,
             args.nodes,
@@ -263,21 +333,63 @@ def main(argv: list[str]) -> int:
             args.sweep,
             args.resume,
             args.output_root,
+            args.launcher,
+            sbatch_args,
         )
     except (SubmitError, RecipeError) as e:
         print(f"submit: {e}", file=sys.stderr)
         return 2
+    for w in job.warnings:
+        print(f"submit: {w}", file=sys.stderr)
     if args.dry_run:
-        print(prep["script"])
-        print(f"# dry run: nothing queued. Job files in {prep['job_dir']}", file=sys.stderr)
+        print(job.script)
+        for name, recipe in job.recipes.items():
+            print(f"#### {job.job_dir / name}\n" + yaml.safe_dump(recipe, sort_keys=False).rstrip())
+        print(
+            f"#### the command (dry run: nothing written, nothing queued)\n{shlex.join(job.sbatch_command(sbatch_args))}"
+        )
         return 0
     try:
-        job_id = submit(prep, args.sbatch_args)
+        job_id = submit(job, sbatch_args)
     except SubmitError as e:
         print(f"submit: {e}", file=sys.stderr)
         return 2
     print(f"submitted job {job_id}")
-    print(f"  log:  {prep['log_dir']}/{prep['run_name']}-{job_id}.out")
-    for name in prep["names"]:
-        print(f"  run:  {prep['out_root'] / name}")
+    for log, name in zip(job.log_paths(job_id), job.names, strict=True):
+        print(f"  log:  {log}")
+        print(f"  run:  {job.out_root / name}")
+    if job.sweep:
+        print(f"  ({len(job.names)} array tasks; nodes other than node 0 log to <log>.node<N>.out)")
     return 0
+
+
+def register(subparsers) -> None:
+    """`submit`: render and sbatch the training job."""
+    ap = subparsers.add_parser(
+        "submit",
+        help="render and sbatch the training job (submit --help)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--profile", help="slurm/profiles/<name>.yaml: lumi, nvidia, local, or a path")
+    ap.add_argument("--recipe", help="recipe YAML (or recipe: in the sweep file)")
+    ap.add_argument("--nodes", type=int, default=1)
+    ap.add_argument("--name", help="run name (default: the recipe's run_name; sweeps: <name>-<task>)")
+    ap.add_argument("--sweep", help="a grid file: recipe, name, grid {key: [values]}, fixed {key: value}")
+    ap.add_argument("--output-root", default="runs")
+    ap.add_argument("--resume", action="store_true", help="continue an existing run folder")
+    ap.add_argument("--launcher", choices=LAUNCHERS, help="papermill (default, the notebook) or python")
+    ap.add_argument("--dry-run", action="store_true", help="show the job script and command; write nothing")
+    ap.add_argument(
+        "-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="recipe override"
+    )
+    ap.add_argument("sbatch_args", nargs=argparse.REMAINDER, help="after --: options for sbatch (they win)")
+    ap.set_defaults(func=_command)
+
+
+def main(argv: list[str]) -> int:
+    """`submit` on its own (the CLI calls it through register)."""
+    parser = argparse.ArgumentParser(prog="python -m workshop_lib")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["submit", *argv])
+    return args.func(args)

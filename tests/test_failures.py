@@ -1,0 +1,83 @@
+"""Root-cause selection from real failures: ranks of a real gloo group, one killed or raising."""
+
+import os
+import signal
+
+import pytest
+
+from workshop_lib import failures, launch
+
+
+def _kill_rank_one_mid_collective():
+    """Rank 1 dies by SIGKILL; rank 0, waiting in an all-reduce with it, loses its peer."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    dist.barrier()
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.all_reduce(torch.ones(1))
+    return "finished"
+
+
+def _raise_on_rank_one():
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    dist.barrier()
+    if dist.get_rank() == 1:
+        raise ValueError("rank 1's own mistake: a signal-free message")
+    dist.all_reduce(torch.ones(1))
+    return "finished"
+
+
+@pytest.mark.parametrize(
+    "fn, expect",
+    [
+        (_kill_rank_one_mid_collective, "killed by signal SIGKILL"),
+        (_raise_on_rank_one, "ValueError: rank 1's own"),
+    ],
+)
+def test_the_failed_rank_is_the_one_root_cause(tmp_path, fn, expect):
+    with pytest.raises(launch.LaunchError):
+        launch.run(fn, nproc_per_node=2, master_port=launch.free_port(), failure_dir=tmp_path)
+    records = failures.load(tmp_path)
+    cause = failures.root_cause(records)
+    assert cause["rank"] == 1 and expect in cause["error"], records
+    text = failures.report(tmp_path)
+    assert text.count("ROOT CAUSE") == 1
+    last = text.splitlines()[-1]
+    assert last.startswith("===== ROOT CAUSE: rank 1") and expect.split(":")[0] in last, text
+    # rank 0, if it recorded anything, is marked as a consequence (its collective lost the peer)
+    for r in records:
+        if r["rank"] == 0:
+            assert failures.is_consequence(r, records), r
+
+
+def _record(kind, node, t, error, **more):
+    return {"kind": kind, "node": node, "time": t, "error": error, **more}
+
+
+def test_selection_rules():
+    reset = _record("exception", 0, 10.0, "RuntimeError: [gloo] Connection closed by peer", rank=0)
+    killed = _record("signal", 1, 11.0, "killed by signal SIGKILL", rank=1, signal="SIGKILL")
+    relay = _record("node", 0, 12.0, "LaunchError: rank 0 failed", ename="LaunchError")
+    # the earliest record is a consequence: the later primary one wins
+    assert failures.root_cause([reset, killed, relay]) is killed
+    # a node's dead kernel, when its ranks left no record, is primary
+    dead = _record("node", 1, 12.5, "the notebook kernel died", ename="DeadKernelError")
+    assert failures.root_cause([reset, relay, dead]) is dead
+    # a traceback may quote anything; only the message decides
+    quoted = _record(
+        "exception", 0, 9.0, "RuntimeError: boom", rank=0, traceback="# on a signal, stop\nTimeout"
+    )
+    assert failures.root_cause([quoted, reset]) is quoted
+    # only consequences: the node that left nothing is named
+    silent = failures.root_cause([reset, relay], nnodes=2)
+    assert silent["kind"] == "silent" and silent["node"] == 1
+    # two independent primaries: the earlier
+    early = _record("node", 1, 5.0, "DataError: bad.jsonl:line 1: no assistant turn", ename="DataError")
+    late = _record("node", 0, 5.2, "DataError: bad.jsonl:line 1: no assistant turn", ename="DataError")
+    assert failures.root_cause([late, early]) is early
