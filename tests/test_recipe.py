@@ -11,15 +11,56 @@ RECIPES = sorted((REPO_ROOT / "recipes").glob("*.yaml"))
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_bundled_recipes_load_and_round_trip(path, tmp_path):
     r = R.load_recipe(path)
-    assert r.kit["method"] in R.METHODS and r.kit["distributed"] in R.DISTRIBUTED
+    assert r.method in R.METHODS and r.distributed in R.DISTRIBUTED
     again = R.load_recipe(r.save(tmp_path / "resolved.yaml"))
-    assert again.flat() == r.flat()
+    assert again.to_dict() == r.to_dict()
 
 
 def test_kit_defaults_are_correct_and_fast():
     r = R.load_recipe({})
     assert r.sft["assistant_only_loss"] is True and r.sft["padding_free"] is True
-    assert r.kit["model"] == "tiny" and r.world_size == 1
+    assert r.model == "tiny" and r.world_size == 1
+
+
+def test_a_recipe_is_resolved_once_and_cannot_change(tmp_path):
+    import dataclasses
+    import pickle
+
+    r = R.load_recipe(REPO_ROOT / "recipes" / "tiny_cpu.yaml", overrides={"output_root": "elsewhere"})
+    assert r.train_file == str(REPO_ROOT / "data/synthetic/train.jsonl")  # relative to the repository
+    assert r.output_root == str(REPO_ROOT / "elsewhere")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.learning_rate = 1.0
+    with pytest.raises(TypeError):
+        r.sft["learning_rate"] = 1.0
+    assert pickle.loads(pickle.dumps(r)) == r  # it travels to workers whole
+    assert r.origin["learning_rate"] == "recipe file" and r.origin["output_root"] == "override"
+    assert r.origin["padding_free"] == "kit default"
+    rows = {key: (source, why) for key, _, source, why in R.explain(r)}
+    assert rows["padding_free"][0] == "kit default" and "faster" in rows["padding_free"][1]
+    assert rows["model"][0] == "recipe file" and "tiny" in rows["model"][1]
+    changed = r.replace(gradient_accumulation_steps=4)
+    assert (
+        changed.sft["gradient_accumulation_steps"] == 4
+        and changed.origin["gradient_accumulation_steps"] == "override"
+    )
+    assert changed.origin["learning_rate"] == "recipe file"
+
+
+def test_notebook_recipe_merges_parameters_onto_the_recipe():
+    """Notebook 03: declared parameters and overrides change the recipe, never replace it."""
+    r = R.notebook_recipe(
+        "recipes/tiny_cpu.yaml", {"warmup_steps": 0}, run_name=None, max_steps=7, method=None
+    )
+    assert r.sft["learning_rate"] == 2e-3 and r.sft["num_train_epochs"] == 2  # still the recipe's
+    assert r.sft["max_steps"] == 7 and r.sft["warmup_steps"] == 0 and r.method == "full"
+    assert r.run_name.startswith("demo-") and r.run_name != "demo"  # a fresh folder each time
+    named = R.notebook_recipe("recipes/tiny_cpu.yaml", {}, run_name="mine")
+    assert named.run_name == "mine"
+    with pytest.raises(R.RecipeError, match="multi-node run needs run_name"):
+        R.notebook_recipe("recipes/tiny_cpu.yaml", {}, run_name=None, nnodes=2)
+    with pytest.raises(R.RecipeError, match=r"parameters \['warmup_steps'\] are recipe keys .* overrides"):
+        R.stray_parameters({"warmup_steps": 0, "recipe_file": "x", "max_steps": 3, "_private": 1})
 
 
 def write(tmp_path, text):

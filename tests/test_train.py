@@ -1,14 +1,16 @@
-"""Training on the tiny model for real: run folders, resume, DDP/FSDP/DeepSpeed process groups, launcher errors."""
+"""Training on the tiny model for real: builders, run folders, resume (exact, across tries and world sizes),
+DDP and DeepSpeed process groups, launcher errors."""
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
 
-from workshop_lib import launch, train
+from workshop_lib import build, chat, launch, runfolder, train
 from workshop_lib import recipe as R
-from workshop_lib.model import REPO_ROOT
+from workshop_lib.paths import REPO_ROOT
 
 FAST = dict(
     max_steps=12,
@@ -23,7 +25,7 @@ FAST = dict(
 
 def make(tmp_path, name, **overrides):
     params = {**FAST, "run_name": name, "output_root": str(tmp_path), **overrides}
-    return train.resolve_paths(R.load_recipe(REPO_ROOT / "recipes" / "tiny_cpu.yaml", overrides=params))
+    return R.load_recipe(REPO_ROOT / "recipes" / "tiny_cpu.yaml", overrides=params)
 
 
 def metrics(run_dir):
@@ -34,121 +36,208 @@ def losses(run_dir):
     return [r["loss"] for r in metrics(run_dir) if "loss" in r]
 
 
+def cut_back_to(run_dir, step):
+    """What a run killed after checkpoint-<step> leaves: later checkpoints, final model and result gone."""
+    for ckpt in run_dir.glob("checkpoint-*"):
+        if runfolder.checkpoint_step(ckpt) > step:
+            shutil.rmtree(ckpt)
+    for name in ("final",):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in ("result.json", "trainer_state.json"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- builders, one by one
+def test_builders_one_by_one(tmp_path):
+    recipe = make(tmp_path, "b", max_length=40, method="lora", r=4)
+    tok = build.tokenizer(recipe)
+    assert chat.check_template(tok).ok and tok.pad_token_id != tok.eos_token_id
+
+    train_ds, eval_ds, eval_rows = build.datasets(recipe, tok)
+    assert 0 < len(eval_ds) < len(eval_rows)  # rows whose answers all lie past 40 tokens are dropped
+    assert max(map(len, train_ds["input_ids"])) <= 40  # cut by the kit (padding-free: TRL does not)
+    for ids, labels in zip(train_ds["input_ids"][:50], train_ds["labels"][:50], strict=True):
+        trained = [t for t, lab in zip(ids, labels, strict=True) if lab != chat.IGNORE]
+        assert trained and all(lab in (chat.IGNORE, t) for t, lab in zip(ids, labels, strict=True))
+
+    model = build.model(recipe, tok)
+    assert model.dtype == torch.float32  # CPU: fp32 (bf16 only on request)
+    assert model.generation_config.eos_token_id == tok.convert_tokens_to_ids(chat.end_of_turn_token(tok))
+
+    lora = build.lora_config(recipe, model)
+    assert lora.r == 4 and lora.lora_alpha == 32 and not lora.modules_to_save  # no new tokens here
+    assert build.lora_config(make(tmp_path, "full"), model) is None
+
+    args, why = build.sft_args(recipe)
+    assert args["use_cpu"] is True and args["bf16"] is False and args["assistant_only_loss"] is False
+    assert args["max_length"] is None and args["output_dir"] == str(recipe.run_dir)
+    assert {"use_cpu", "bf16", "assistant_only_loss", "max_length"} <= set(why)
+    zero3, why3 = build.sft_args(make(tmp_path, "z", distributed="zero3", nproc_per_node=2))
+    assert zero3["deepspeed"]["zero_optimization"]["stage"] == 3 and "deepspeed" in why3
+    names = [type(c).__name__ for c in build.callbacks(recipe)]
+    assert names == ["MetricsJSONL", "StopOnRequest"]
+
+
+def test_labels_reaching_the_model_equal_the_token_view(tmp_path, monkeypatch):
+    """The labels TRL's loss receives during real training (the batch passed to model(**inputs)) are the
+    ones notebook 02 shows for that conversation."""
+    from trl import SFTTrainer
+
+    rows = [json.loads(x) for x in (REPO_ROOT / "data/synthetic/eval.jsonl").read_text().splitlines()[:1]]
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(rows[0]) + "\n")
+    seen = []
+    compute_loss = SFTTrainer.compute_loss
+
+    def spy(self, model, inputs, *args, **kwargs):
+        if model.training:
+            seen.append((inputs["input_ids"][0].tolist(), inputs["labels"][0].tolist()))
+        return compute_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(SFTTrainer, "compute_loss", spy)
+    recipe = make(
+        tmp_path, "labels", train_file=str(one), eval_file=None, max_steps=1, per_device_train_batch_size=1
+    )
+    train.fit(recipe)
+    view = chat.token_view(rows[0]["messages"], build.tokenizer(recipe))
+    ids, labels = seen[0]
+    assert ids == view.ids
+    assert [lab != chat.IGNORE for lab in labels] == view.trained
+    assert all(lab in (chat.IGNORE, t) for t, lab in zip(ids, labels, strict=True))
+
+
+# ----------------------------------------------------------------------------- run folders and resume
 def test_in_process_run_folder_is_complete_and_never_overwritten(tmp_path):
-    r = make(tmp_path, "one", eval_strategy="steps", eval_steps=6, n_generate=8)
-    res = train.fit(r, interactive=False)
+    r = make(tmp_path, "one", eval_strategy="steps", eval_steps=6)
+    res = train.fit(r)
     run = r.run_dir
-    for name in (
-        "recipe.yaml",
-        "metrics.jsonl",
-        "trainer_state.json",
-        "result.json",
-        "final/model.safetensors",
-        "final/tokenizer.json",
-        "checkpoint-6",
-        "checkpoint-12",
-    ):
+    for name in ("recipe.yaml", "metrics.jsonl", "trainer_state.json", "result.json", "tries.jsonl"):
         assert (run / name).exists(), name
-    assert res["global_step"] == 12 and res["world_size"] == 1
-    assert 0 <= res["exact_match_before"] <= 1 and "examples_after" in res
-    steps = [m["step"] for m in metrics(run) if "loss" in m]
-    assert steps == [2, 4, 6, 8, 10, 12]
+    for name in ("final/model.safetensors", "final/tokenizer.json", "checkpoint-6", "checkpoint-12"):
+        assert (run / name).exists(), name
+    assert res.global_step == 12 and res.world_size == 1 and res.eval_loss is not None
+    assert [m["step"] for m in metrics(run) if "loss" in m] == [2, 4, 6, 8, 10, 12]
     assert any("eval_loss" in m for m in metrics(run))
-    first = metrics(run)[0]
-    assert {"learning_rate", "grad_norm", "memory_gb", "epoch"} <= set(first)
-    assert any("tokens_per_s" in m for m in metrics(run))
+    assert {"learning_rate", "grad_norm", "memory_gb", "epoch", "num_tokens"} <= set(metrics(run)[0])
     assert losses(run)[-1] < losses(run)[0]  # it learns
+    result = json.loads((run / "result.json").read_text())
+    assert result["tries"] == 1 and result["total_tokens"] == res.tokens > 0
     # the same name again: refused, nothing touched
     before = (run / "metrics.jsonl").read_text()
-    with pytest.raises(R.RecipeError, match="exists .*resume=True"):
-        train.fit(make(tmp_path, "one"), interactive=False)
+    with pytest.raises(runfolder.RunExists, match="exists .*resume = True"):
+        train.fit(make(tmp_path, "one"))
     assert (run / "metrics.jsonl").read_text() == before
 
 
-def test_resume_continues_from_last_checkpoint_without_duplicate_steps(tmp_path):
-    r = make(tmp_path, "resumed", max_steps=12)
-    train.fit(r, interactive=False)
-    # pretend the run was killed after step 8: metrics past the last checkpoint, which resume must drop
-    import shutil
+def test_a_stop_request_before_training_is_kept_until_training_acts_on_it(tmp_path):
+    """A Slurm signal can arrive while a try is still loading: the STOP file must survive until training
+    reads it; then the run checkpoints, stops, and resumes with tokens and runtime summed over tries."""
+    straight = train.fit(make(tmp_path, "straight"))
+    r = make(tmp_path, "stopped")
+    runfolder.prepare(r)
+    (r.run_dir / runfolder.STOP_FILE).write_text("")
+    first = train.fit(make(tmp_path, "stopped", resume=True))
+    assert first.preempted and first.global_step == 1 and (r.run_dir / "checkpoint-1").exists()
+    assert (r.run_dir / runfolder.PREEMPTED_FILE).exists() and not (r.run_dir / runfolder.STOP_FILE).exists()
+    assert not (r.run_dir / "result.json").exists()
+    second = train.fit(make(tmp_path, "stopped", resume=True))
+    assert second.resumed_from == "checkpoint-1" and second.global_step == 12
+    assert second.param_digest == straight.param_digest  # resume is exact
+    result = json.loads((r.run_dir / "result.json").read_text())
+    assert result["tries"] == 2
+    assert result["total_tokens"] == straight.tokens  # not restarted at 0 by the resume
+    assert result["total_runtime_s"] == pytest.approx(first.runtime_s + second.runtime_s)
+    logged = [m for m in metrics(r.run_dir) if "loss" in m]
+    assert [m["step"] for m in logged] == [2, 4, 6, 8, 10, 12]
+    assert logged[0]["loss_window"] == 1  # the first average after the resume covers step 2 only: marked
+    assert all("loss_window" not in m for m in logged[1:])
 
-    shutil.rmtree(r.run_dir / "checkpoint-12")
-    (r.run_dir / "result.json").unlink()
-    res = train.fit(make(tmp_path, "resumed", max_steps=18, resume=True), interactive=False)
-    assert res["resumed_from"] == "checkpoint-6" and res["global_step"] == 18
-    steps = [m["step"] for m in metrics(r.run_dir) if "loss" in m]
-    assert steps == list(range(2, 19, 2)), steps
+
+def test_resume_on_another_world_size_keeps_the_global_batch(tmp_path, capsys):
+    params = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=6, save_steps=3)
+    r = make(tmp_path, "grow", **params)
+    train.fit(r)
+    cut_back_to(r.run_dir, 3)
+    res = train.fit(make(tmp_path, "grow", resume=True, nproc_per_node=2, **params))
+    assert "gradient_accumulation_steps 2 -> 1, so the global batch stays 8" in capsys.readouterr().out
+    assert res.global_step == 6 and res.group_size == 2 and res.resumed_from == "checkpoint-3"
+    with pytest.raises(R.RecipeError, match="zero3 checkpoints are sharded per rank"):
+        runfolder.prepare(
+            make(tmp_path, "grow", resume=True, nproc_per_node=2, distributed="zero3", **params)
+        )
 
 
-def test_ddp_two_processes_form_one_group_and_match_single_process(tmp_path):
-    single = train.fit(
-        make(
-            tmp_path,
-            "single",
-            per_device_train_batch_size=8,
-            max_steps=6,
-            logging_steps=1,
-            learning_rate=1e-3,
-        ),
-        interactive=False,
+# ----------------------------------------------------------------------------- several processes
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    shared = dict(
+        per_device_train_batch_size=4, max_steps=6, logging_steps=1, learning_rate=1e-3, save_steps=6
     )
-    ddp = train.fit(
-        make(
-            tmp_path,
-            "ddp",
-            per_device_train_batch_size=4,
-            nproc_per_node=2,
-            max_steps=6,
-            logging_steps=1,
-            learning_rate=1e-3,
-        ),
-        interactive=False,
-    )
-    assert set(ddp["ranks"]) == {0, 1} and ddp["wrapped_as"] == "DistributedDataParallel"
-    assert all(x["group_size"] == 2 and x["world_size"] == 2 for x in ddp["ranks"].values())
-    assert ddp["ranks"][0]["param_digest"] == ddp["ranks"][1]["param_digest"]
-    a, b = losses(tmp_path / "single"), losses(tmp_path / "ddp")
+    res = train.fit(make(root, "ddp", nproc_per_node=2, **shared))
+    return root, shared, res
+
+
+def test_ddp_two_processes_form_one_group_and_match_single_process(tmp_path, ddp_run):
+    root, shared, ddp = ddp_run
+    train.fit(make(tmp_path, "single", **{**shared, "per_device_train_batch_size": 8}))
+    assert set(ddp.ranks) == {0, 1} and ddp.wrapped_as == "DistributedDataParallel"
+    assert all(x.group_size == 2 and x.world_size == 2 for x in ddp.ranks.values())
+    assert ddp.ranks[0].param_digest == ddp.ranks[1].param_digest
+    a, b = losses(tmp_path / "single"), losses(root / "ddp")
     assert len(a) == len(b) == 6
-    # same global batch of 8 conversations per step: the same losses, up to how the mean over tokens is split
+    # the same global batch of 8 conversations per step: the same losses, up to how the token mean is split
     for x, y in zip(a, b, strict=True):
         assert abs(x - y) / x < 0.03, (a, b)
-    assert single["param_digest"] != ddp["param_digest"] or abs(a[-1] - b[-1]) < 1e-6
 
 
-@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
-def test_sharded_strategies_train_with_two_processes(tmp_path, strategy):
-    res = train.fit(
-        make(
-            tmp_path,
-            strategy,
-            distributed=strategy,
-            nproc_per_node=2,
-            per_device_train_batch_size=4,
-            max_steps=4,
-            logging_steps=1,
-            save_steps=4,
-        ),
-        interactive=False,
+@pytest.mark.parametrize("strategy, stage", [("zero2", 2), ("zero3", 3)])
+def test_zero_stages_shard_as_named_and_train_like_ddp(tmp_path, ddp_run, strategy, stage):
+    root, shared, ddp = ddp_run
+    res = train.fit(make(tmp_path, strategy, distributed=strategy, nproc_per_node=2, **shared))
+    ranks = res.ranks
+    assert all(x.group_size == 2 for x in ranks.values())
+    assert ranks[0].wrapped_as == f"DeepSpeedEngine(zero_stage={stage})", ranks[0].wrapped_as
+    # what each rank holds: ZeRO-2 halves the optimizer states, ZeRO-3 the parameters too
+    n = ddp.ranks[0].local_param_numel
+    assert ranks[0].local_optimizer_numel == pytest.approx(ddp.ranks[0].local_optimizer_numel / 2, rel=0.01)
+    assert ranks[0].local_param_numel == pytest.approx(n / 2 if stage == 3 else n, rel=0.01)
+    # the same global batch as DDP: the same losses, step by step
+    for x, y in zip(losses(tmp_path / strategy), losses(root / "ddp"), strict=True):
+        assert abs(x - y) < 1e-4, (losses(tmp_path / strategy), losses(root / "ddp"))
+    assert (tmp_path / strategy / "final" / "model.safetensors").exists()
+
+
+def test_resume_is_exact_with_three_ranks(tmp_path):
+    """DDP rebuilds its gradient buckets after the first backward; with 3+ ranks a resumed run must rebuild
+    them too, or its parameters drift in the last bits. Resumed at steps that are not multiples of the
+    logging or save steps, the final parameters equal the uninterrupted run's."""
+    params = dict(
+        nproc_per_node=3, per_device_train_batch_size=4, max_steps=8, save_steps=1, save_total_limit=None
     )
-    ranks = res["ranks"]
-    assert all(x["group_size"] == 2 for x in ranks.values())
-    assert ranks[0]["wrapped_as"] == "DeepSpeedEngine", ranks[0]["wrapped_as"]
-    assert ranks[0]["param_digest"] == ranks[1]["param_digest"]
-    assert len(losses(tmp_path / strategy)) == 4
-    assert (tmp_path / strategy / "final").exists()
+    straight = train.fit(make(tmp_path, "straight3", **params))
+    assert straight.group_size == 3
+    for step in (3, 5):
+        name = f"resumed3-{step}"
+        shutil.copytree(tmp_path / "straight3", tmp_path / name)
+        (tmp_path / name / "tries.jsonl").unlink()
+        cut_back_to(tmp_path / name, step)
+        res = train.fit(make(tmp_path, name, resume=True, **params))
+        assert res.resumed_from == f"checkpoint-{step}" and res.global_step == 8
+        assert res.param_digest == straight.param_digest, step
 
 
 def test_fsdp_on_cpu_is_refused_instead_of_silently_running_ddp(tmp_path):
     # accelerate applies FSDP only to GPU-like devices: with processes on a CPU it would quietly run DDP
     if torch.cuda.is_available():
-        res = train.fit(
-            make(tmp_path, "fsdp", distributed="fsdp", nproc_per_node=2, max_steps=4), interactive=False
-        )
-        assert res["ranks"][0]["wrapped_as"] == "FullyShardedDataParallel"
+        res = train.fit(make(tmp_path, "fsdp", distributed="fsdp", nproc_per_node=2, max_steps=4))
+        assert res.wrapped_as == "FullyShardedDataParallel"
         return
     with pytest.raises(R.RecipeError, match="fsdp needs GPUs"):
         make(tmp_path, "fsdp", distributed="fsdp", nproc_per_node=2)
 
 
+# ----------------------------------------------------------------------------- the launcher
 def _fails_on_rank_one():
     if os.environ["RANK"] == "1":
         raise ValueError("boom on purpose in rank 1")

@@ -13,8 +13,9 @@ import json
 import os
 from pathlib import Path
 
+from .paths import REPO_ROOT  # re-exported: notebooks and tests import it from here too
+
 TINY = "tiny"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 TINY_SPECIALS = ["<|pad|>", "<|im_start|>", "<|im_end|>"]  # ids 0, 1, 2: pad is distinct from eos
 

@@ -1,9 +1,11 @@
-"""Recipes: one flat vocabulary for a training run, validated before any heavy work.
+"""Recipes: one vocabulary for a training run, resolved and validated once, then passed around whole.
 
-A recipe is a YAML file that is also a papermill parameter file. Its keys are TRL `SFTConfig`
-fields (learning_rate, num_train_epochs, ...), PEFT `LoraConfig` fields (r, lora_alpha, ...)
-and the few kit keys below. The same keys appear in the training notebook's parameters cell,
-in `papermill -p key value` overrides, in sweep grids and in the resolved recipe of a run folder.
+A recipe is a YAML file. Its keys are TRL `SFTConfig` fields (learning_rate, num_train_epochs, ...), PEFT
+`LoraConfig` fields (r, lora_alpha, ...) and the kit's own keys, the fields of `Recipe` below. The same
+keys appear in notebook 03's `overrides`, in `-p key value` on the command line, in sweep grids and in the
+resolved recipe.yaml of a run folder. `load_recipe` turns a file plus overrides into a frozen `Recipe`:
+paths resolved, defaults filled, every key checked, so that what the workers and the run folder see is
+exactly what was validated.
 """
 
 from __future__ import annotations
@@ -11,72 +13,161 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import time
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-# Kit keys, grouped. Everything else must be an SFTConfig or LoraConfig field.
-KIT_KEYS: dict[str, tuple[Any, str]] = {
-    # what to train
-    "model": ("tiny", "'tiny' (the kit's offline model), a local model directory or a hub id"),
-    "train_file": (
-        "data/synthetic/train.jsonl",
-        "messages JSONL (or any format data.load_conversations reads)",
-    ),
-    "eval_file": ("data/synthetic/eval.jsonl", "held-out messages; empty for none"),
-    "template": (
-        None,
-        "a bundled template name (chatml, llama3, ...) or .jinja path; None keeps the tokenizer's",
-    ),
-    # how
-    "method": ("full", "full | lora | qlora"),
-    "distributed": ("ddp", "ddp | fsdp | zero2 | zero3: how several processes share the work"),
-    "nproc_per_node": (1, "processes on this node (GPUs per node; on CPU, processes)"),
-    "nnodes": (1, "nodes in the job; node rank, master address and port come from SLURM or the keys below"),
-    "node_rank": (None, "this node's rank (default: $SLURM_NODEID or 0)"),
-    "master_addr": (None, "rank 0's host (default: first host of $SLURM_JOB_NODELIST, else 127.0.0.1)"),
-    "master_port": (None, "rendezvous port (default: derived from $SLURM_JOB_ID, else 29500)"),
-    "collective_timeout_s": (300, "seconds before a stuck collective fails the job with a clear error"),
-    # where
-    "run_name": ("demo", "the run folder is <output_root>/<run_name>"),
-    "output_root": ("runs", "where run folders live"),
-    "resume": (
-        False,
-        "True: continue the run folder's last checkpoint (an existing run is never overwritten)",
-    ),
-    # after training
-    "n_generate": (200, "held-out conversations to answer for exact match before/after training (0: skip)"),
-    "max_new_tokens": (32, "generation length for those answers"),
-}
+from .paths import resolve, resolve_source
+
 METHODS = ("full", "lora", "qlora")
 DISTRIBUTED = ("ddp", "fsdp", "zero2", "zero3")
+SYSTEM_PROMPT = ("keep", "merge")
 
-# The kit's defaults for SFTConfig: correct (assistant-only loss, end of turn trained) and fast.
-SFT_DEFAULTS: dict[str, Any] = {
-    "assistant_only_loss": True,
-    "padding_free": True,
-    "learning_rate": 2e-5,
-    "num_train_epochs": 1,
-    "per_device_train_batch_size": 8,
-    "gradient_accumulation_steps": 1,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.03,
-    "logging_steps": 10,
-    "save_strategy": "steps",
-    "save_steps": 200,
-    "save_total_limit": 2,
-    "eval_strategy": "epoch",
-    "report_to": "none",
-    "seed": 42,
-    "max_length": 2048,
+# The kit's defaults for SFTConfig, each with the reason a participant reads in notebook 03.
+SFT_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "assistant_only_loss": (True, "train on the answers only: the prompt is given, not predicted"),
+    "padding_free": (True, "no pad tokens computed: conversations are concatenated (same loss, faster)"),
+    "learning_rate": (2e-5, "a safe rate for full fine-tuning of real models (LoRA takes ~1e-4)"),
+    "num_train_epochs": (1, "one pass over the data"),
+    "per_device_train_batch_size": (8, "conversations per process per step"),
+    "gradient_accumulation_steps": (1, "raise it to grow the global batch without more memory"),
+    "lr_scheduler_type": ("cosine", "decay to zero by the end"),
+    "warmup_steps": (0.03, "a float below 1 is a fraction of the steps: 3% warm-up"),
+    "logging_steps": (10, "one line of metrics.jsonl every 10 steps"),
+    "save_strategy": ("steps", "checkpoints during training: a preempted job resumes from the last one"),
+    "save_steps": (200, "a checkpoint every 200 steps"),
+    "save_total_limit": (2, "checkpoints are large: keep the last two"),
+    "eval_strategy": ("epoch", "held-out loss after every epoch"),
+    "report_to": ("none", "the kit writes metrics.jsonl itself"),
+    "seed": (42, "the same data order and initialisation on every run"),
+    "max_length": (2048, "longer conversations are cut (notebook 02 shows how many)"),
 }
+
+# Parameters notebook 03 declares; anything else goes through its `overrides` dict.
+NOTEBOOK_PARAMETERS = (
+    "run_name",
+    "resume",
+    "output_root",
+    "train_file",
+    "eval_file",
+    "model",
+    "method",
+    "nproc_per_node",
+    "nnodes",
+    "node_rank",
+    "master_addr",
+    "master_port",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+)
 
 
 class RecipeError(ValueError):
     """A recipe that cannot run: names the key, what is wrong and how to fix it."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows the message alone, not a 30-line traceback
+        return [f"\x1b[31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A resolved, validated recipe. Kit settings are attributes; `sft` and `lora` are the keyword
+    arguments for TRL's SFTConfig and PEFT's LoraConfig as the recipe gave them (kit defaults included)."""
+
+    # --- what to train
+    model: str = "tiny"  # 'tiny' (the kit's offline model), a local model folder or a hub id
+    train_file: str | list = (
+        "data/synthetic/train.jsonl"  # messages JSONL, any format data reads, a hub id, or a mixture list
+    )
+    eval_file: str | list | None = "data/synthetic/eval.jsonl"  # held-out conversations; None for none
+    template: str | None = None  # a bundled template name or .jinja path; None: the model's own template
+    system_prompt: str = (
+        "keep"  # keep | merge (into the first user turn, for templates without a system role)
+    )
+    # --- how
+    method: str = "full"  # full | lora | qlora
+    distributed: str = "ddp"  # ddp | fsdp | zero2 | zero3: how several processes share the work
+    nproc_per_node: int = 1  # processes on this node (GPUs per node; on CPU, processes)
+    nnodes: int = 1  # nodes in the job
+    node_rank: int | None = None  # this node's rank (default: $SLURM_NODEID, else 0)
+    master_addr: str | None = None  # rank 0's host (default: first host of the Slurm job, else 127.0.0.1)
+    master_port: int | None = None  # rendezvous port (default: derived from the Slurm job id, else free)
+    collective_timeout_s: int = 300  # a stuck collective fails the job after this many seconds
+    # --- where
+    run_name: str = "demo"  # the run folder is <output_root>/<run_name>
+    output_root: str = "runs"  # where run folders live
+    resume: bool = False  # continue the run folder's last checkpoint (a run is never overwritten)
+    # --- scoring (notebooks 03 and 05)
+    n_generate: int = 200  # held-out conversations answered for exact match before/after (0: skip)
+    max_new_tokens: int = 32  # generation length for those answers
+    # --- TRL and PEFT keyword arguments, and where each key came from
+    sft_items: tuple = ()
+    lora_items: tuple = ()
+    origin_items: tuple = ()  # (key, "recipe file" | "override" | "kit default")
+    source: str = "recipe"
+
+    @property
+    def sft(self) -> Mapping[str, Any]:
+        return types.MappingProxyType(dict(self.sft_items))
+
+    @property
+    def lora(self) -> Mapping[str, Any]:
+        return types.MappingProxyType(dict(self.lora_items))
+
+    @property
+    def origin(self) -> Mapping[str, str]:
+        return types.MappingProxyType(dict(self.origin_items))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_root) / self.run_name
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with kit fields or SFTConfig keys changed (re-validated; origins kept, changes marked)."""
+        new = load_recipe({**self.to_dict(), **changes}, name=self.source)
+        origin = {**self.origin, **{k: "override" for k in changes}}
+        return dataclasses.replace(new, origin_items=tuple(origin.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as one flat dict: what a run folder records, and a valid recipe itself."""
+        kit = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in KIT_FIELDS}
+        return {**kit, **self.sft, **self.lora}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        os.replace(tmp, path)
+        return path
+
+
+KIT_FIELDS = tuple(
+    f.name
+    for f in dataclasses.fields(Recipe)
+    if f.name not in ("sft_items", "lora_items", "origin_items", "source")
+)
+
+
+def _field_docs() -> dict[str, str]:
+    """The comment after each kit field above: the grouped docstring of the recipe vocabulary."""
+    import inspect
+
+    docs = {}
+    for line in inspect.getsource(Recipe).splitlines():
+        name, _, rest = line.strip().partition(":")
+        if name in KIT_FIELDS and "#" in rest:
+            docs[name] = rest.split("#", 1)[1].strip()
+    return docs
 
 
 def _sft_fields() -> dict[str, dataclasses.Field]:
@@ -93,7 +184,7 @@ def _lora_fields() -> dict[str, dataclasses.Field]:
 
 
 def _allowed(annotation: Any) -> tuple[type, ...] | None:
-    """Python types a value of this dataclass annotation may have (None: can't tell, accept)."""
+    """Python types a value of this annotation may have (None: can't tell, accept)."""
     hints = (
         typing.get_args(annotation)
         if typing.get_origin(annotation) in (typing.Union, types.UnionType)
@@ -117,171 +208,227 @@ def _allowed(annotation: Any) -> tuple[type, ...] | None:
     return tuple(out) or None
 
 
-def _check_type(key: str, value: Any, annotation: Any, source: str) -> None:
+def _check_type(key: str, value: Any, annotation: Any, source: str) -> Any:
+    """The value, if it fits the annotation ('true'/'false' strings become bools); else a RecipeError."""
     allowed = _allowed(annotation)
-    if allowed is None or isinstance(value, allowed):
-        return
-    if bool in allowed and value in ("true", "false", "True", "False"):
-        return
-    names = " or ".join(sorted({t.__name__ for t in allowed}))
+    if allowed is None or (
+        isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    ):
+        return value
+    if bool in allowed and str(value) in ("true", "false", "True", "False"):
+        return str(value).lower() == "true"
+    names = " or ".join(sorted({t.__name__ for t in allowed} - {"NoneType"}) or ["None"])
     raise RecipeError(
         f"{source}: {key}: expected {names}, got {value!r} ({type(value).__name__}). "
         f"Fix: set {key} to a {names} (in YAML, quote strings; numbers like 2e-5 need a dot: 2.0e-5)."
     )
 
 
-@dataclasses.dataclass
-class Recipe:
-    """A validated recipe: kit keys, SFTConfig keys and LoraConfig keys, kept flat as written."""
-
-    kit: dict[str, Any]
-    sft: dict[str, Any]
-    lora: dict[str, Any]
-    source: str = "recipe"
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("kit", "sft", "lora", "source"):
-            raise AttributeError(name)
-        if name in self.kit:
-            return self.kit[name]
-        raise AttributeError(name)
-
-    def flat(self) -> dict[str, Any]:
-        """The resolved recipe as one flat dict: what a run folder records, and a valid recipe itself."""
-        return {**self.kit, **self.sft, **self.lora}
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.kit["output_root"]) / self.kit["run_name"]
-
-    @property
-    def world_size(self) -> int:
-        return int(self.kit["nproc_per_node"]) * int(self.kit["nnodes"])
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(self.flat(), sort_keys=False, allow_unicode=True))
-        os.replace(tmp, path)
-        return path
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe file as a dict, with errors that name the file and line."""
+    path = resolve(path)
+    if not path.exists():
+        raise RecipeError(
+            f"{path}: no such recipe file. Recipes live in recipes/ (e.g. recipes/tiny_cpu.yaml)."
+        )
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(
+            f"{path}:{line}: invalid YAML: {getattr(e, 'problem', e)}. Fix the syntax (key: value per line)."
+        ) from None
+    if not isinstance(params, dict):
+        raise RecipeError(
+            f"{path}: a recipe is a mapping of key: value lines, found {type(params).__name__}."
+        )
+    return params
 
 
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+def _resolve_data(spec: Any, key: str, label: str) -> Any:
+    """Data sources: a path (resolved), a hub id (kept), or a mixture list of {path, ...} mappings."""
+    if spec is None or spec == "":
+        return None
+    if isinstance(spec, (str, Path)):
+        return resolve_source(str(spec))
+    if isinstance(spec, list) and all(isinstance(x, dict) and "path" in x for x in spec):
+        return [{**x, "path": resolve_source(str(x["path"]))} for x in spec]
+    raise RecipeError(
+        f"{label}: {key}: expected a file, folder or hub id, or a list of {{path, split, weight, max_rows}} "
+        f"mappings; got {spec!r}."
+    )
 
 
 def load_recipe(
     source: str | Path | dict | None = None, overrides: dict | None = None, name: str | None = None
 ) -> Recipe:
-    """Read a recipe (YAML path or dict) plus overrides, fill defaults, validate, return a Recipe.
+    """Read a recipe (YAML path or dict) plus overrides; fill defaults, resolve paths, validate.
 
     Errors name the file and key, say what is wrong and how to fix it ("did you mean ...?").
     """
-    if source is None:
-        params, label = {}, name or "recipe"
-    elif isinstance(source, dict):
-        params, label = dict(source), name or "recipe"
+    if source is None or isinstance(source, dict):
+        params, label = dict(source or {}), name or "recipe"
     else:
-        path = Path(source)
-        label = str(path)
-        if not path.exists():
-            raise RecipeError(
-                f"{path}: no such recipe file. Recipes live in recipes/ (e.g. recipes/tiny_cpu.yaml)."
-            )
-        try:
-            params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise RecipeError(
-                f"{path}:{line}: invalid YAML: {getattr(e, 'problem', e)}. Fix the syntax (key: value per line)."
-            ) from None
-        if not isinstance(params, dict):
-            raise RecipeError(
-                f"{path}: a recipe is a mapping of key: value lines, found {type(params).__name__}."
-            )
-    params.update(overrides or {})
+        params, label = read_yaml(source), name or str(source)
+    origin = {k: "recipe file" for k in params}
+    for k, v in (overrides or {}).items():
+        params[k] = v
+        origin[k] = "override"
 
     sft_fields, lora_fields = _sft_fields(), _lora_fields()
-    kit, sft, lora = {k: v for k, (v, _) in KIT_KEYS.items()}, dict(SFT_DEFAULTS), {}
-    known = [*KIT_KEYS, *sft_fields, *lora_fields]
+    hints = typing.get_type_hints(Recipe)
+    kit: dict[str, Any] = {}
+    sft = {k: v for k, (v, _) in SFT_DEFAULTS.items()}
+    lora: dict[str, Any] = {}
     for key, value in params.items():
-        if key in KIT_KEYS:
-            kit[key] = value
+        if key in KIT_FIELDS:
+            kit[key] = (
+                value if key in ("train_file", "eval_file") else _check_type(key, value, hints[key], label)
+            )
         elif key in sft_fields:
-            _check_type(key, value, sft_fields[key].type, label)
-            sft[key] = value
+            sft[key] = _check_type(key, value, sft_fields[key].type, label)
         elif key in lora_fields:
-            _check_type(key, value, lora_fields[key].type, label)
-            lora[key] = value
+            lora[key] = _check_type(key, value, lora_fields[key].type, label)
         else:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key, [*KIT_FIELDS, *sft_fields, *lora_fields], n=1, cutoff=0.6)
             hint = (
                 f"did you mean {close[0]!r}?"
                 if close
-                else "keys are the kit's (see recipe.KIT_KEYS), SFTConfig's or LoraConfig's"
+                else "keys are the kit's (Recipe), SFTConfig's or LoraConfig's"
             )
             raise RecipeError(f"{label}: unknown key {key!r}: {hint}")
+    for k in SFT_DEFAULTS:
+        origin.setdefault(k, "kit default")
 
-    # kit keys: types and allowed values
-    for key in ("nproc_per_node", "nnodes", "n_generate", "max_new_tokens", "collective_timeout_s"):
-        if (
-            not isinstance(kit[key], int)
-            or isinstance(kit[key], bool)
-            or kit[key] < (0 if key == "n_generate" else 1)
-        ):
-            raise RecipeError(f"{label}: {key}: expected a positive integer, got {kit[key]!r}.")
-    if kit["method"] not in METHODS:
-        raise RecipeError(f"{label}: method: {kit['method']!r} is not one of {', '.join(METHODS)}.")
-    if kit["distributed"] not in DISTRIBUTED:
-        close = difflib.get_close_matches(str(kit["distributed"]), DISTRIBUTED, n=1)
+    # kit keys: allowed values
+    for key in ("nproc_per_node", "nnodes", "collective_timeout_s", "max_new_tokens", "n_generate"):
+        value = kit.get(key, getattr(Recipe, key))
+        if value < (0 if key == "n_generate" else 1):
+            raise RecipeError(f"{label}: {key}: expected a positive integer, got {value!r}.")
+    for key, allowed in (("method", METHODS), ("distributed", DISTRIBUTED), ("system_prompt", SYSTEM_PROMPT)):
+        value = kit.get(key, getattr(Recipe, key))
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            raise RecipeError(
+                f"{label}: {key}: {value!r} is not one of {', '.join(allowed)}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + "."
+            )
+    run_name = kit.get("run_name", Recipe.run_name)
+    if not run_name or "/" in run_name:
+        raise RecipeError(f"{label}: run_name: {run_name!r} must be a plain folder name (no '/').")
+
+    # paths: resolved once, here, so every worker and node agrees
+    for key in ("train_file", "eval_file"):
+        if key in kit:
+            kit[key] = _resolve_data(kit[key], key, label)
+    kit.setdefault("train_file", _resolve_data(Recipe.train_file, "train_file", label))
+    kit.setdefault("eval_file", _resolve_data(Recipe.eval_file, "eval_file", label))
+    kit["output_root"] = str(resolve(kit.get("output_root", Recipe.output_root)))
+    if kit.get("model", "tiny") != "tiny":
+        kit["model"] = resolve_source(kit["model"])
+
+    recipe = Recipe(
+        **kit,
+        sft_items=tuple(sft.items()),
+        lora_items=tuple(lora.items()),
+        origin_items=tuple(origin.items()),
+        source=label,
+    )
+    _check_combinations(recipe, label)
+    return recipe
+
+
+def _check_combinations(r: Recipe, label: str) -> None:
+    """Impossible combinations, caught before any model is loaded."""
+    if r.method == "qlora" and r.distributed in ("fsdp", "zero3"):
         raise RecipeError(
-            f"{label}: distributed: {kit['distributed']!r} is not one of {', '.join(DISTRIBUTED)}"
-            + (f" (did you mean {close[0]!r}?)" if close else "")
-            + "."
+            f"{label}: method qlora with distributed {r.distributed} is not supported by the kit: "
+            "use ddp (the quantized base fits each GPU)."
         )
-    if not isinstance(kit["run_name"], str) or not kit["run_name"] or "/" in kit["run_name"]:
-        raise RecipeError(f"{label}: run_name: {kit['run_name']!r} must be a plain folder name (no '/').")
-    for key in ("train_file", "eval_file", "model", "output_root"):
-        if kit[key] is not None and not isinstance(kit[key], str):
-            kit[key] = str(kit[key])
-    if isinstance(kit["resume"], str):
-        kit["resume"] = kit["resume"].lower() == "true"
-
-    # impossible combinations, caught before any model is loaded
-    if kit["method"] == "qlora":
-        if not _has_gpu():
-            raise RecipeError(
-                f"{label}: method: qlora quantizes the base model to 4 bits with bitsandbytes, which "
-                "needs a CUDA GPU; none is visible. Use method: lora on this machine."
-            )
-        if kit["distributed"] in ("fsdp", "zero3"):
-            raise RecipeError(
-                f"{label}: method qlora with distributed {kit['distributed']} is not supported by the kit: "
-                "use ddp (the quantized base fits each GPU)."
-            )
-    if (
-        kit["distributed"] == "fsdp"
-        and int(kit["nproc_per_node"]) * int(kit["nnodes"]) > 1
-        and not _has_gpu()
-    ):
+    if r.method == "qlora" and not _has_gpu():
+        raise RecipeError(
+            f"{label}: method: qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA "
+            "GPU; none is visible here. Use method: lora on this machine (plan and submit QLoRA jobs from here)."
+        )
+    if r.distributed == "fsdp" and r.world_size > 1 and not _has_gpu():
         raise RecipeError(
             f"{label}: distributed: fsdp needs GPUs: accelerate applies FSDP only on GPU-like devices, so on CPU "
             "the processes would silently run plain DDP. Use ddp, zero2 or zero3 on CPU (fsdp on the GPU nodes)."
         )
-    if lora and kit["method"] == "full":
+    if r.lora and r.method == "full":
         raise RecipeError(
-            f"{label}: LoRA keys {sorted(lora)} are set but method is full: set method: lora, or remove them."
+            f"{label}: LoRA keys {sorted(r.lora)} are set but method is full: set method: lora, or remove them."
         )
+    sft = r.sft
     if sft.get("packing") and sft.get("padding_free") and sft.get("packing_strategy", "bfd") == "wrapped":
         raise RecipeError(
             f"{label}: packing_strategy wrapped cannot be padding_free (it mixes conversations): use bfd."
         )
-    return Recipe(kit, sft, lora, label)
+
+
+def _has_gpu() -> bool:
+    """A GPU visible to this process, asked without initialising CUDA (forked workers need it untouched)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def notebook_recipe(recipe_file: str | None, overrides: dict, **declared: Any) -> Recipe:
+    """Notebook 03's recipe: the file, then `overrides`, then every declared parameter that is not None.
+
+    run_name None means a fresh name, <recipe run_name>-<date>-<time>, so running the notebook again never
+    collides with the last run (several nodes must agree on a name: a multi-node job passes one).
+    """
+    unknown = set(declared) - set(NOTEBOOK_PARAMETERS)
+    if unknown:
+        raise RecipeError(
+            f"notebook parameters {sorted(unknown)} are not declared in recipe.NOTEBOOK_PARAMETERS"
+        )
+    given = {k: v for k, v in declared.items() if v is not None}
+    if not isinstance(overrides, dict):
+        raise RecipeError(f"overrides: expected a dict of recipe keys, got {overrides!r}.")
+    label = str(recipe_file) if recipe_file else "parameters"
+    base = load_recipe(recipe_file, overrides={**overrides, **given}, name=label)
+    if "run_name" not in given:
+        if base.nnodes > 1:
+            raise RecipeError(
+                f"{label}: a multi-node run needs run_name (every node must name the same folder)."
+            )
+        base = base.replace(run_name=f"{base.run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return base
+
+
+def stray_parameters(namespace: Mapping[str, Any]) -> None:
+    """Refuse recipe keys papermill injected that notebook 03 does not declare (they would be ignored)."""
+    stray = sorted(
+        k
+        for k in namespace
+        if not k.startswith("_")
+        and k not in NOTEBOOK_PARAMETERS
+        and (k in KIT_FIELDS or k in _sft_fields() or k in _lora_fields())
+    )
+    if stray:
+        raise RecipeError(
+            f"parameters {stray} are recipe keys this notebook does not declare. Pass them in the overrides dict: "
+            f"papermill -y 'overrides: {{{stray[0]}: ...}}', or in the recipe file."
+        )
+
+
+def explain(recipe: Recipe) -> list[tuple[str, Any, str, str]]:
+    """Rows (key, value, from, why) for every key of the recipe: what notebook 03 shows first."""
+    docs = _field_docs()
+    reasons = {k: why for k, (_, why) in SFT_DEFAULTS.items()}
+    rows = []
+    for key, value in recipe.to_dict().items():
+        source = recipe.origin.get(key, "kit default")
+        why = reasons.get(key, "") if source == "kit default" else ""
+        rows.append((key, value, source, why or docs.get(key, "")))
+    return rows
 
 
 def describe() -> str:
-    """The kit keys with their defaults and meaning (the grouped docstring of the recipe vocabulary)."""
-    return "\n".join(f"{k:22} {v!r:32} {doc}" for k, (v, doc) in KIT_KEYS.items())
+    """The kit keys with their defaults and meaning."""
+    docs = _field_docs()
+    return "\n".join(f"{k:22} {getattr(Recipe, k)!r:32} {docs.get(k, '')}" for k in KIT_FIELDS)

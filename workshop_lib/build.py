@@ -1,0 +1,224 @@
+"""Builders: recipe -> tokenizer, datasets, model, LoraConfig, SFTConfig keyword arguments, callbacks.
+
+Notebook 03 calls them one per cell and builds `SFTConfig` and `SFTTrainer` itself, so a participant sees
+(and can change) every object; `worker.train` calls the same functions in every process of a multi-process
+or multi-node run. Each builder does one thing and says what it decided.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import chat
+from .recipe import Recipe
+
+
+def device_kind() -> str:
+    """'cuda' (ROCm builds too) or 'cpu'."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def tokenizer(recipe: Recipe):
+    """The model's tokenizer, with its chat template checked and made training-ready (or refused)."""
+    from transformers import AutoTokenizer
+
+    from .model import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(recipe.model))
+    if recipe.template:
+        chat.apply_template(tok, recipe.template)
+    if tok.pad_token is None:
+        chat.fix_template(tok)
+    report = chat.check_template(tok)
+    if not report.ok:
+        raise chat.TemplateError(
+            f"the chat template of {recipe.model} is not safe to train with:\n{report}\n"
+            "Fix: set template: chatml (or llama3, mistral, gemma, zephyr) in the recipe, or repair it with "
+            "chat.fix_template (notebook 02)."
+        )
+    return tok
+
+
+def rows(spec: Any, seed: int = 0) -> list[dict]:
+    """Validated conversations from a file, folder, hub id or weighted mixture (data.load_training_rows)."""
+    from . import data
+
+    found, _ = data.load_training_rows(spec, seed=seed)
+    return found
+
+
+def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
+    """Validated conversations -> tokenized, labelled Datasets (input_ids + labels), and the held-out rows.
+
+    The kit labels the data itself (chat.encode: the labels notebook 02 shows); with padding-free batches
+    TRL does not cut long rows, so they are cut here, and rows left without any answer token are dropped.
+    """
+    from . import data
+
+    sft = recipe.sft
+    cut = sft.get("max_length") if sft.get("padding_free") and not sft.get("packing") else None
+
+    def prepare(found: list[dict]):
+        ds = chat.tokenize_dataset(
+            data.to_dataset(found), tokenizer, assistant_only=sft.get("assistant_only_loss", True)
+        )
+        if cut:
+            ds = ds.map(lambda r: {"input_ids": r["input_ids"][:cut], "labels": r["labels"][:cut]})
+            ds = ds.filter(lambda r: any(t != chat.IGNORE for t in r["labels"]))
+        return ds
+
+    seed = int(sft.get("seed", 0))
+    train_ds = prepare(rows(recipe.train_file, seed))
+    eval_rows = rows(recipe.eval_file, seed) if recipe.eval_file else []
+    return train_ds, (prepare(eval_rows) if eval_rows else None), eval_rows
+
+
+def model(recipe: Recipe, tokenizer):
+    """The base model in the dtype the device wants (4-bit for QLoRA), embeddings grown for new tokens,
+    generation stopping at the template's end of turn."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .model import resolve_model
+
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if device_kind() == "cuda" else torch.float32}
+    if recipe.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )
+    m = AutoModelForCausalLM.from_pretrained(resolve_model(recipe.model), **kwargs)
+    if len(tokenizer) > m.get_input_embeddings().weight.shape[0]:
+        m.resize_token_embeddings(len(tokenizer))
+    eot = chat.end_of_turn_token(tokenizer) or tokenizer.eos_token
+    m.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(eot)
+    m.generation_config.pad_token_id = tokenizer.pad_token_id
+    return m
+
+
+def lora_config(recipe: Recipe, model=None):
+    """PEFT's LoraConfig for method lora/qlora (None for full fine-tuning): the recipe's keys over the kit's
+    defaults. If the tokenizer brought new tokens (the model's embeddings grew), their embeddings must train,
+    so those modules are saved whole."""
+    if recipe.method == "full":
+        return None
+    from peft import LoraConfig
+    from transformers import AutoConfig
+
+    from .model import resolve_model
+
+    kwargs = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", **recipe.lora}
+    base_vocab = AutoConfig.from_pretrained(resolve_model(recipe.model)).vocab_size
+    if model is not None and model.get_input_embeddings().weight.shape[0] > base_vocab:
+        kwargs.setdefault("modules_to_save", ["embed_tokens", "lm_head"])
+    return LoraConfig(task_type="CAUSAL_LM", **kwargs)
+
+
+def sft_args(recipe: Recipe, interactive: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """Keyword arguments for SFTConfig: the recipe's, plus what the kit decides for this device and run,
+    each decision with its reason. Returns (kwargs, {key: why}) so notebook 03 can show both."""
+    args = dict(recipe.sft)
+    why: dict[str, str] = {}
+
+    def decide(key: str, value: Any, reason: str, force: bool = True) -> None:
+        if force or key not in args:
+            args[key] = value
+            why[key] = reason
+
+    gpu = device_kind() == "cuda"
+    decide(
+        "assistant_only_loss",
+        False,
+        "the kit labels the answers itself (chat.encode, as notebook 02 shows); TRL keeps those labels",
+    )
+    if "activation_checkpointing" not in args and "gradient_checkpointing" not in args:
+        decide(
+            "activation_checkpointing", gpu, "GPU: memory for speed" if gpu else "on a CPU it only costs time"
+        )
+    if gpu:
+        decide("bf16", True, "bfloat16 mixed precision on GPUs", force=False)
+    else:
+        decide(
+            "use_cpu", True, "no GPU: without it, CPU workers form a group but each trains everything alone"
+        )
+        decide(
+            "bf16", bool(args.get("bf16", False)), "TRL turns bf16 on by default; on a CPU only on request"
+        )
+    if args.get("padding_free") and not args.get("packing"):
+        decide(
+            "max_length", None, "padding-free rows are cut by the kit during tokenization (TRL refuses one)"
+        )
+    if recipe.world_size > 1 or recipe.distributed in ("zero2", "zero3"):
+        _distribution(recipe, args, decide, gpu)
+    if recipe.method == "full":
+        decide(
+            "ddp_find_unused_parameters",
+            False,
+            "every weight gets a gradient: skip DDP's search",
+            force=False,
+        )
+    decide("output_dir", str(recipe.run_dir), "the run folder")
+    decide(
+        "ddp_timeout", recipe.collective_timeout_s, "collective_timeout_s: a stuck collective fails the job"
+    )
+    decide("disable_tqdm", True, "one progress display: the kit's lines or live plot from metrics.jsonl")
+    decide("log_level", "warning", "TRL's info lines would repeat what the kit shows")
+    decide("dataloader_num_workers", 0, "the data is tokenized already: no loader processes to fork")
+    decide("save_only_model", False, "checkpoints keep optimizer and RNG states: resume is exact")
+    decide(
+        "include_num_input_tokens_seen",
+        "non_padding",
+        "the trainer counts tokens and saves the count in checkpoints: totals survive a resume",
+    )
+    if args.get("eval_strategy", "no") != "no" and not recipe.eval_file:
+        decide("eval_strategy", "no", "no eval_file")
+    return args, why
+
+
+def _distribution(recipe: Recipe, args: dict, decide, gpu: bool) -> None:
+    """FSDP or DeepSpeed ZeRO settings (DDP needs none: the trainer wraps the model itself)."""
+    if recipe.distributed == "fsdp":
+        decide("fsdp", "full_shard auto_wrap", "shard weights, gradients and optimizer states", force=False)
+        fsdp = {
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "use_orig_params": True,
+            "sync_module_states": True,
+            "cpu_ram_efficient_loading": False,
+        }
+        decide("fsdp_config", fsdp, "wrap each decoder layer", force=False)
+    elif recipe.distributed in ("zero2", "zero3"):
+        stage = int(recipe.distributed[-1])
+        zero: dict[str, Any] = {"stage": stage, "overlap_comm": gpu, "contiguous_gradients": True}
+        if stage == 3:
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+        config = {
+            "zero_optimization": zero,
+            "bf16": {"enabled": "auto"},
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto",
+            "gradient_clipping": "auto",
+        }
+        decide("deepspeed", config, f"DeepSpeed ZeRO stage {stage}; 'auto' values come from SFTConfig", False)
+
+
+def sft_config(recipe: Recipe, interactive: bool = False):
+    """TRL's SFTConfig built from sft_args."""
+    from trl import SFTConfig
+
+    return SFTConfig(**sft_args(recipe, interactive)[0])
+
+
+def callbacks(recipe: Recipe) -> list:
+    """The kit's callbacks: the live metrics file and checkpoint-and-stop on request."""
+    from .callbacks import MetricsJSONL, StopOnRequest
+    from .runfolder import STOP_FILE
+
+    return [MetricsJSONL(Path(recipe.run_dir) / "metrics.jsonl"), StopOnRequest(recipe.run_dir / STOP_FILE)]

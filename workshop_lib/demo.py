@@ -1,0 +1,104 @@
+"""The main job: notebooks 01 -> 05 executed headless on the tiny model, into one run folder.
+
+`python -m workshop_lib demo` (or `make demo`) shows what a participant's day produces: converted data,
+a trained model, loss curves, scored answers, with a short summary at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .paths import REPO_ROOT
+
+NOTEBOOKS = ["01_data_formatting", "02_chat_templates", "03_train", "04_loss_curves", "05_chat_and_export"]
+
+
+def run_notebook(name: str, out_dir: Path, parameters: dict, log_output: bool = False) -> Path:
+    """Execute notebooks/<name>.ipynb with papermill into out_dir/<name>.ipynb (cwd: the repository)."""
+    import papermill as pm
+
+    out = Path(out_dir) / f"{name}.ipynb"
+    pm.execute_notebook(
+        str(REPO_ROOT / "notebooks" / f"{name}.ipynb"),
+        str(out),
+        parameters=parameters,
+        cwd=str(REPO_ROOT),
+        kernel_name="python3",
+        progress_bar=False,
+        log_output=log_output,
+    )
+    return out
+
+
+def demo(name: str | None, recipe_file: str = "recipes/tiny_cpu.yaml") -> int:
+    """The whole pipeline on the tiny model, one run folder, a summary at the end."""
+    from .model import build_tiny_model
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    name = name or datetime.now().strftime("demo-%Y%m%d-%H%M%S")
+    run_dir = REPO_ROOT / "runs" / name
+    if (run_dir / "recipe.yaml").exists():
+        print(f"demo: {run_dir} exists already; choose another --name (nothing was changed)", file=sys.stderr)
+        return 2
+    nb_dir = run_dir / "notebooks"
+    nb_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    print(f"demo: tiny model at {build_tiny_model()} ({time.time() - t0:.1f} s)")
+    data_dir = run_dir / "data"
+    params = {
+        "01_data_formatting": {"output_dir": str(data_dir)},
+        "02_chat_templates": {"dataset": str(data_dir / "train.jsonl")},
+        "03_train": {
+            "recipe_file": recipe_file,
+            "run_name": name,
+            "output_root": str(REPO_ROOT / "runs"),
+            "train_file": str(data_dir / "train.jsonl"),
+            "eval_file": str(data_dir / "eval.jsonl"),
+        },
+        "04_loss_curves": {"runs": str(run_dir)},
+        "05_chat_and_export": {"run": str(run_dir)},
+    }
+    for nb in NOTEBOOKS:
+        t = time.time()
+        print(f"demo: running {nb} ...", flush=True)
+        run_notebook(nb, nb_dir, params[nb], log_output=(nb == "03_train"))
+        print(f"demo: {nb} done in {time.time() - t:.0f} s -> {nb_dir / (nb + '.ipynb')}", flush=True)
+    print_summary(run_dir, time.time() - t0)
+    return 0
+
+
+def print_summary(run_dir: Path, seconds: float) -> None:
+    from .plots import load_run
+
+    result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
+    _, loss = load_run(run_dir).series("loss")
+    em_b, em_a = result.get("exact_match_before"), result.get("exact_match_after")
+    lines = [
+        "",
+        f"demo finished in {seconds:.0f} s: {run_dir}",
+        f"  final train loss   {loss[-1]:.4f}" if loss else "  final train loss   -",
+        f"  final eval loss    {result['eval_loss']:.4f}"
+        if result.get("eval_loss") is not None
+        else "  final eval loss    -",
+        f"  held-out exact match: before {em_b:.1%} -> after {em_a:.1%} (n={result.get('exact_match_n')})"
+        if em_a is not None and em_b is not None
+        else "  held-out exact match: -",
+        f"  executed notebooks {run_dir / 'notebooks'}",
+        f"  model              {run_dir / 'final'}",
+    ]
+    for extra in ("loss_curves.png", "merged"):
+        if (run_dir / extra).exists():
+            lines.append(f"  {extra:<18} {run_dir / extra}")
+    print("\n".join(lines))
+
+
+def register(sub) -> None:
+    d = sub.add_parser("demo", help="the demo pipeline (notebooks 01 -> 05) on the tiny model")
+    d.add_argument("--name", help="run folder name under runs/ (default: demo-<date>-<time>)")
+    d.add_argument("--recipe", default="recipes/tiny_cpu.yaml")
+    d.set_defaults(func=lambda a: demo(a.name, a.recipe))

@@ -1,0 +1,172 @@
+"""The run folder: one per run, never overwritten, the record a job, a notebook and a plot share.
+
+runs/<name>/ holds recipe.yaml (resolved), metrics.jsonl (live, one line per log step), checkpoint-N/,
+final/ (model or adapter + tokenizer), trainer_state.json, tries.jsonl (one line per try of a requeued
+job), result.json, logs/rank<R>.log and the executed notebook(s). The control files STOP and PREEMPTED
+are how a Slurm job and training talk: the job script gets their names from here (`job-env`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .recipe import Recipe, RecipeError
+
+STOP_FILE = "STOP"  # written by the job (or by hand): training checkpoints at the next step and stops
+PREEMPTED_FILE = "PREEMPTED"  # written by training when it stopped with a checkpoint: the job requeues
+
+
+class RunExists(RecipeError):
+    """The run folder exists and resume was not asked for: nothing was changed."""
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint-N folder (one with trainer_state.json), or None."""
+    done = [
+        p
+        for p in Path(run_dir).glob("checkpoint-*")
+        if (p / "trainer_state.json").exists() and p.name[11:].isdigit()
+    ]
+    return max(done, key=checkpoint_step) if done else None
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    return int(ckpt.name.split("-")[1])
+
+
+def is_node_zero(recipe: Recipe) -> bool:
+    from .launch import this_node_rank
+
+    return this_node_rank(recipe.nnodes, recipe.node_rank) == 0
+
+
+def prepare(recipe: Recipe) -> Recipe:
+    """Create the run folder, or check that it may be resumed; returns the recipe to train with.
+
+    A new run writes recipe.yaml. An existing one needs resume=True: its metrics after the last checkpoint
+    (logged by a try that was then killed) are dropped so that no step appears twice. Resuming with another
+    world size keeps the global batch by changing gradient accumulation, and says so (or refuses).
+    Node 0 writes; other nodes only read (the folder is on a shared file system).
+    """
+    run_dir = recipe.run_dir
+    recorded = run_dir / "recipe.yaml"
+    if not recorded.exists():
+        if is_node_zero(recipe):
+            (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+            recipe.save(recorded)
+        return recipe
+    if not recipe.resume:
+        raise RunExists(_exists_message(run_dir))
+    recipe = _same_global_batch(recipe, yaml.safe_load(recorded.read_text()) or {})
+    if is_node_zero(recipe):
+        ckpt = last_checkpoint(run_dir)
+        _trim_metrics(run_dir / "metrics.jsonl", checkpoint_step(ckpt) if ckpt else 0)
+        # STOP stays: a stop request that arrived before this try read it must still be seen by training
+        (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
+    return recipe
+
+
+def _exists_message(run_dir: Path) -> str:
+    ckpt = last_checkpoint(run_dir)
+    if (run_dir / "result.json").exists():
+        state = "it finished"
+    else:
+        state = f"its last checkpoint is {ckpt.name}" if ckpt else "it has no checkpoint yet"
+    return (
+        f"run folder {run_dir} exists ({state}). Nothing was changed. To continue it: resume = True (papermill: "
+        "-p resume True). To start another run: run_name = None (a fresh name) or a new name."
+    )
+
+
+def _same_global_batch(recipe: Recipe, recorded: dict[str, Any]) -> Recipe:
+    """A resume on another number of processes: keep the global batch via gradient accumulation, or refuse."""
+    old_world = int(recorded.get("nproc_per_node", 1)) * int(recorded.get("nnodes", 1))
+    if old_world == recipe.world_size:
+        return recipe
+    sft = recipe.sft
+    per_device = int(sft["per_device_train_batch_size"])
+    old_accum = int(recorded.get("gradient_accumulation_steps", sft["gradient_accumulation_steps"]))
+    global_batch = per_device * old_accum * old_world
+    where = f"{recipe.run_dir} was trained on {old_world} process(es), this try has {recipe.world_size}"
+    if recipe.distributed in ("zero2", "zero3", "fsdp"):
+        raise RecipeError(
+            f"{where}: {recipe.distributed} checkpoints are sharded per rank and cannot be resumed on another "
+            f"number of ranks. Resume with {old_world} process(es) in all (nodes x processes per node)."
+        )
+    if global_batch % (per_device * recipe.world_size):
+        raise RecipeError(
+            f"{where}: the global batch of {global_batch} conversations cannot be split evenly into "
+            f"{recipe.world_size} x {per_device} per step. Resume on {old_world} process(es), or change "
+            "per_device_train_batch_size so that it divides."
+        )
+    accum = global_batch // (per_device * recipe.world_size)
+    print(
+        f"{where}: gradient_accumulation_steps {old_accum} -> {accum}, so the global batch stays {global_batch} "
+        "(the order in which conversations are seen differs from an uninterrupted run)."
+    )
+    return recipe.replace(gradient_accumulation_steps=accum)
+
+
+def _trim_metrics(path: Path, keep_until: int) -> None:
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if rec.get("step", 0) <= keep_until:
+            kept.append(line)
+    _write_atomic(path, "".join(x + "\n" for x in kept))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def record_try(run_dir: Path, result: Any) -> None:
+    """Append this try's accounting (steps, tokens, runtime, processes) to tries.jsonl (node 0 only)."""
+    line = {
+        "try": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "time": time.time(),
+        "from_step": result.start_step,
+        "to_step": result.global_step,
+        "tokens": result.tokens,
+        "runtime_s": result.runtime_s,
+        "world_size": result.world_size,
+        "device": result.device,
+        "preempted": result.preempted,
+    }
+    with open(run_dir / "tries.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def tries(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "tries.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
+    """result.json: the finished run's numbers, with tokens, runtime and GPU-hours summed over all tries."""
+    history = tries(run_dir)
+    total_runtime = sum(t["runtime_s"] for t in history)
+    result = {
+        **result,
+        "tries": len(history),
+        "total_runtime_s": total_runtime,
+        "total_tokens": history[-1]["tokens"] if history else result.get("tokens"),
+        "gpu_hours": sum(t["runtime_s"] * t["world_size"] for t in history if t["device"] == "cuda") / 3600,
+    }
+    path = Path(run_dir) / "result.json"
+    _write_atomic(path, json.dumps(result, indent=1, default=str))
+    return path
