@@ -1,7 +1,7 @@
 """Command line: `python -m workshop_lib COMMAND --help` (or `workshop COMMAND` once installed).
 
-Every command goes through this one parser; each lives in the module that does its job and adds its own
-sub-command there (`register`).
+Every command goes through this one parser; each lives in the module that does its job and adds its
+own sub-command there (`register`): demo, train, submit, plan, validate, failure-report, job-env, ...
 """
 
 from __future__ import annotations
@@ -46,41 +46,19 @@ def _doctor(args) -> int:
     return doctor.main(args.model)
 
 
-def _plan(args) -> int:
-    from . import plan
-
-    return plan.main(args.recipe, dict(args.p), args.gpu_memory_gb)
-
-
-def _submit(args) -> int:
-    from . import submit
-
-    return submit.main(args.argv)
-
-
-def _failure_report(args) -> int:
-    from . import failures
-
-    return failures.report(args.run)
-
-
-def _job_env(args) -> int:
-    from .launch import master_port
-    from .runfolder import PREEMPTED_FILE, STOP_FILE
-
-    print(f"export MASTER_PORT={master_port()} STOP_FILE={STOP_FILE} PREEMPTED_FILE={PREEMPTED_FILE}")
-    return 0
-
-
 def parser() -> argparse.ArgumentParser:
-    from . import demo, train
+    from . import demo, failures, launch, plan, submit, train
     from .data import command as data_command
 
     ap = argparse.ArgumentParser(prog="python -m workshop_lib", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.register(sub)
     train.register(sub)
+    submit.register(sub)
+    plan.register(sub)
     data_command.register(sub)
+    failures.register(sub)
+    launch.register(sub)
     p = sub.add_parser("plot", help="loss curves and summary of run folders")
     p.add_argument("runs", nargs="+", help="run folders or globs (quote them: 'runs/sweep-*')")
     p.add_argument(
@@ -89,24 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--x", default="step", choices=["step", "epoch", "tokens"])
     p.add_argument("--smoothing", type=float, default=0.6)
     p.set_defaults(func=_plot)
-    p = sub.add_parser("plan", help="memory and time estimate for a recipe, before you queue")
-    p.add_argument("recipe")
-    p.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
-    p.add_argument("--gpu-memory-gb", type=float, default=None)
-    p.set_defaults(func=_plan)
     p = sub.add_parser("doctor", help="check the environment: versions, GPUs, Slurm, folders, caches")
     p.add_argument("--model", default=None, help="also check that this model's config and tokenizer load")
     p.set_defaults(func=_doctor)
-    p = sub.add_parser("submit", help="render and sbatch the training job", add_help=False)
-    p.add_argument("argv", nargs=argparse.REMAINDER)
-    p.set_defaults(func=_submit)
-    p = sub.add_parser("failure-report", help="the root cause of a failed run, from its ranks' logs")
-    p.add_argument("run")
-    p.set_defaults(func=_failure_report)
-    p = sub.add_parser(
-        "job-env", help="shell exports the Slurm job script takes from Python (port, file names)"
-    )
-    p.set_defaults(func=_job_env)
     p = sub.add_parser(
         "build-tiny-model", help="build (or find) the offline tiny chat model, print its folder"
     )
