@@ -40,31 +40,6 @@ def test_bundled_templates_pass_every_check(tiny_model_dir, name):
         assert any("resize_token_embeddings" in n for n in notes)
 
 
-@pytest.mark.parametrize("name", ["qwen2_5", "llama3_1", "mistral_instruct", "gemma", "zephyr"])
-def test_real_templates_without_markers_are_caught_and_fixed(tok, name):
-    tok.chat_template = (REAL / f"{name}.jinja").read_text()
-    sample = _sample_for(name)
-    before = chat.check_template(tok, sample=sample)
-    assert "generation markers" in before.failed()
-    rendered = [chat.render(sample, tok), chat.render(sample[:2], tok, add_generation_prompt=False)]
-    text, done = chat.fix_template(tok, sample=sample)
-    assert done and tok.chat_template == text
-    assert chat.check_template(tok, sample=sample).ok
-    # the fix changes the mask, never the text the model sees
-    assert [chat.render(sample, tok), chat.render(sample[:2], tok)] == rendered
-    # and the answers plus their end-of-turn token are what gets trained
-    view = chat.token_view(sample, tok)
-    trained = tok.decode([i for i, on in zip(view.ids, view.trained, strict=True) if on])
-    for m in sample:
-        if m["role"] == "assistant":
-            assert m["content"] in trained
-    assert view.tokens[[i for i, on in enumerate(view.trained) if on][-1]] in (
-        "<|im_end|>",
-        "<|eot_id|>",
-        "<end_of_turn>",
-    )
-
-
 def test_end_of_turn_outside_the_mask_is_caught_and_fixed(tok):
     tok.chat_template = (REAL / "chatml_eot_outside.jinja").read_text()
     report = chat.check_template(tok)
@@ -78,7 +53,7 @@ def test_not_prefix_stable_template_is_refused(tok):
     tok.chat_template = (REAL / "not_prefix_stable.jinja").read_text()
     report = chat.check_template(tok)
     assert "prefix-stable rendering" in report.failed()
-    with pytest.raises(chat.TemplateError, match="no automatic fix"):
+    with pytest.raises(chat.TemplateError, match="no safe automatic fix.*position"):
         chat.fix_template(tok)
 
 
@@ -199,7 +174,7 @@ def test_length_report(tiny_model_dir):
     assert rep.recommend(limit=32, multiple=64) == 32
 
 
-@pytest.mark.parametrize("name", [None, "qwen2_5", "llama3_1", "mistral_instruct", "gemma", "zephyr"])
+@pytest.mark.parametrize("name", [None, "qwen2_5", "llama3_1", "mistral_v0_3", "gemma", "zephyr"])
 def test_bulk_encoding_equals_apply_chat_template(tok, name):
     """The kit's bulk path gives transformers' own ids and assistant masks, on real template shapes."""
     import sys
@@ -215,5 +190,80 @@ def test_bulk_encoding_equals_apply_chat_template(tok, name):
         if name.startswith(("gemma", "mistral")):
             convs = [c[1:] if c[0]["role"] == "system" else c for c in convs]
     ref = tok.apply_chat_template(convs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-    ids, masks = chat._encode_with_masks(convs, tok, tok.chat_template)
+    ids, masks, _ = chat.encode_with_masks(convs, tok, tok.chat_template)
     assert ids == ref["input_ids"] and masks == [list(m) for m in ref["assistant_masks"]]
+
+
+def test_system_prompt_merge_for_templates_that_reject_or_drop_it(tok):
+    from datasets import Dataset
+
+    merged = chat.merge_system_prompt(chat.SAMPLE)
+    assert [m["role"] for m in merged] == ["user", "assistant", "user", "assistant"]
+    assert merged[0]["content"] == chat.SAMPLE[0]["content"] + "\n\n" + chat.SAMPLE[1]["content"]
+    assert chat.SAMPLE[1]["content"] == "Which word is the animal: peach, otter, island"  # not mutated
+    with pytest.raises(chat.TemplateError, match="no user turn"):
+        chat.merge_system_prompt([chat.SAMPLE[0], chat.SAMPLE[2]])
+    ds = Dataset.from_dict({"messages": [chat.SAMPLE, chat.SAMPLE[1:3]]})
+    # Mistral v0.3 renders the system prompt only before the last user turn: with "keep" it would be lost
+    tok.chat_template = (REAL / "mistral_v0_3.jinja").read_text()
+    chat.prepare_tokenizer(tok)
+    with pytest.raises(
+        chat.TemplateError, match="leaves out the content of message 0.*system_prompt='merge'"
+    ):
+        chat.tokenize_dataset(ds, tok)
+    out = chat.tokenize_dataset(ds, tok, system_prompt="merge")
+    assert chat.SAMPLE[0]["content"] in tok.decode(out[0]["input_ids"])
+    # Gemma rejects it outright
+    tok.chat_template = (REAL / "gemma.jinja").read_text()
+    chat.prepare_tokenizer(tok)
+    with pytest.raises(chat.TemplateError, match="System role not supported"):
+        chat.tokenize_dataset(ds, tok)
+    assert len(chat.tokenize_dataset(ds, tok, system_prompt="merge")) == 2
+    with pytest.raises(ValueError, match="system_prompt='drop'"):
+        chat.tokenize_dataset(ds, tok, system_prompt="drop")
+
+
+def test_dropped_content_is_detected(tok):
+    # renders without an error, but leaves every assistant answer after the first one out
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'assistant' or loop.index0 < 3 %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    )
+    report = chat.check_template(tok)
+    assert "content kept" in report.failed() and "leaves out message 4" in str(report)
+    with pytest.raises(chat.TemplateError, match="fails content kept"):
+        chat.fix_template(tok)
+
+
+def test_end_of_turn_literal_with_a_newline_is_split(tok):
+    """Gemma's answer ends with '<end_of_turn>' + a real newline in one literal: the newline stays untrained."""
+    tok.chat_template = (REAL / "gemma.jinja").read_text() + "{#- a copy: not TRL's exact text -#}"
+    report = chat.prepare_tokenizer(tok)
+    assert any("wrapped each assistant answer" in n for n in report.notes), str(report)
+    enc = chat.encode([chat.SAMPLE[1:3]], tok)
+    trained = [t for t, lab in zip(enc["input_ids"][0], enc["labels"][0], strict=True) if lab != chat.IGNORE]
+    assert tok.decode(trained) == "The animal is otter.<end_of_turn>"
+
+
+def test_pad_token_is_set_before_candidates_and_says_why(tiny_model_dir):
+    t = AutoTokenizer.from_pretrained(tiny_model_dir)
+    t.pad_token = None
+    note = chat.ensure_pad_token(t)
+    assert t.pad_token == "<|pad|>" and "unused pad token" in note and "no new embedding" in note
+    t = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert "the model's own" in chat.ensure_pad_token(t)
+    # nothing unused in the vocabulary: a new token, and the resize it needs is said
+    t = AutoTokenizer.from_pretrained(tiny_model_dir)
+    t.pad_token = t.eos_token
+    t.add_special_tokens({"additional_special_tokens": []})
+    vocab_pad = "<|pad|>"
+    t.chat_template = chat.load_template("chatml").replace("{%- for", "{{- '" + vocab_pad + "' }}{%- for", 1)
+    note = chat.ensure_pad_token(t)
+    assert t.pad_token not in (t.eos_token, vocab_pad) and "resize" in note
+
+
+def test_prepare_tokenizer_refuses_without_replacing_silently(tok):
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(chat.TemplateError, match="the assistant answer is written by:\n    line 1"):
+        chat.prepare_tokenizer(tok)
+    assert tok.chat_template.startswith("{% for m in messages %}")  # left as it was

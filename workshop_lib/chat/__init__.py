@@ -1,0 +1,65 @@
+"""Chat templates made visible: render, tokenize + label, show, check and fix, measure lengths.
+
+One concern per module: `templates` (bundled templates, load, render), `encode` (labels exactly as
+training computes them, system-prompt merging, batching), `view` (token by token), `checks` (each
+check a small function), `rewrite` + `fix` (pad token, making a model's template training-ready),
+`lengths` (what a max length would cut). Everything public is re-exported here: `chat.X`.
+"""
+
+from .checks import NON_ASCII, Check, CheckReport, check_template, conversation_set, probe
+from .encode import (
+    SYSTEM_PROMPT_MODES,
+    collate,
+    encode,
+    encode_with_masks,
+    end_of_turn_token,
+    merge_system_prompt,
+    tokenize_dataset,
+)
+from .fix import ensure_pad_token, fix_template, prepare_tokenizer, same_rendering
+from .lengths import LengthReport, length_report
+from .templates import (
+    GENERATION_RE,
+    IGNORE,
+    SAMPLE,
+    TEMPLATE_TOKENS,
+    TEMPLATES_DIR,
+    TemplateError,
+    apply_template,
+    load_template,
+    render,
+)
+from .view import TokenView, token_view
+
+__all__ = [
+    "GENERATION_RE",
+    "IGNORE",
+    "NON_ASCII",
+    "SAMPLE",
+    "SYSTEM_PROMPT_MODES",
+    "TEMPLATES_DIR",
+    "TEMPLATE_TOKENS",
+    "Check",
+    "CheckReport",
+    "LengthReport",
+    "TemplateError",
+    "TokenView",
+    "apply_template",
+    "check_template",
+    "collate",
+    "conversation_set",
+    "encode",
+    "encode_with_masks",
+    "end_of_turn_token",
+    "ensure_pad_token",
+    "fix_template",
+    "length_report",
+    "load_template",
+    "merge_system_prompt",
+    "prepare_tokenizer",
+    "probe",
+    "render",
+    "same_rendering",
+    "token_view",
+    "tokenize_dataset",
+]

@@ -1,0 +1,407 @@
+"""Check a tokenizer + template for training: the mistakes that fail silently, one small function each.
+
+Every check runs on a sample the template accepts (found by `probe`), and the report lists the
+constraints found on the way (no system role, strict alternation, a dropped system prompt, a default
+system turn), the end-of-turn token and whether it is trained.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+
+from .encode import merge_system_prompt
+from .templates import GENERATION_RE, SAMPLE, TemplateError, render_failure, template_of, try_render
+
+# Non-ASCII text (Finnish, Cyrillic, an emoji) for the renderings a fix must keep identical.
+NON_ASCII = [
+    {"role": "user", "content": "Mikä sana on eläin: persikka, saukko, saari? Ответь коротко 🙂"},
+    {"role": "assistant", "content": "Eläin on saukko — «saukko»."},
+]
+
+
+def conversation_set() -> list[tuple[list[dict], bool]]:
+    """(conversation, add_generation_prompt) pairs a replacement template must render identically."""
+    s = SAMPLE
+    convs = [s, s[1:], s[1:3], s[:3], [s[0], *NON_ASCII], NON_ASCII, [*NON_ASCII, *s[1:3]]]
+    return [(c, False) for c in convs] + [(c[:-1], True) for c in convs]
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "pass", "warn", "fail"
+    detail: str
+
+
+@dataclass
+class CheckReport:
+    checks: list[Check] = field(default_factory=list)
+    constraints: list[str] = field(default_factory=list)  # what the template accepts, found by probing
+    end_of_turn: str | None = None  # the token that closes an answer
+    sample: list[dict] | None = None  # the conversation the checks ran on
+    notes: list[str] = field(default_factory=list)  # what prepare_tokenizer/fix_template did
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "fail" for c in self.checks)
+
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if c.status == "fail"]
+
+    def __str__(self) -> str:
+        mark = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}
+        lines = [f"[{mark[c.status]}] {c.name}: {c.detail}" for c in self.checks]
+        lines += [f"  constraint: {c}" for c in self.constraints]
+        lines += [f"  done: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        colour = {"pass": "#22a347", "warn": "#d97706", "fail": "#dc2626"}
+        rows = "".join(
+            f"<tr><td style='color:{colour[c.status]};font-weight:700'>{c.status.upper()}</td>"
+            f"<td>{html.escape(c.name)}</td><td style='text-align:left'>{html.escape(c.detail)}</td></tr>"
+            for c in self.checks
+        )
+        extra = "".join(
+            f"<tr><td>{kind}</td><td colspan=2 style='text-align:left'>{html.escape(t)}</td></tr>"
+            for kind, items in (("constraint", self.constraints), ("done", self.notes))
+            for t in items
+        )
+        return f"<table>{rows}{extra}</table>"
+
+
+# ----------------------------------------------------------------------------- probing
+def probe(tokenizer, text: str) -> tuple[list[dict] | None, list[str]]:
+    """A sample the template accepts without losing content, and the constraints found on the way."""
+    s, constraints = SAMPLE, []
+    sys_text = s[0]["content"]
+    with_sys = try_render(tokenizer, text, s[:3])
+    if isinstance(with_sys, Exception):
+        constraints.append(f"rejects a system turn ({type(with_sys).__name__}: {with_sys})")
+    elif sys_text not in with_sys:
+        ends_user = try_render(tokenizer, text, s[:2])
+        when = (
+            " unless the conversation ends with a user turn"
+            if isinstance(ends_user, str) and sys_text in ends_user
+            else ""
+        )
+        constraints.append(f"silently drops the system prompt{when}")
+    else:
+        no_sys = try_render(tokenizer, text, s[1:3])
+        head = with_sys[: with_sys.find(sys_text)]
+        bos = tokenizer.bos_token or ""
+        if isinstance(no_sys, str) and head.removeprefix(bos).strip() and no_sys.startswith(head):
+            after = no_sys[len(head) :]
+            if after.lstrip().startswith(s[1]["content"]):
+                constraints.append(
+                    "has no system turn of its own: puts the system prompt inside the first user turn"
+                )
+            else:
+                constraints.append(
+                    f"writes a system turn even when there is none ({no_sys[: len(head) + 30][-110:]!r})"
+                )
+    if constraints and constraints[0].startswith(("rejects", "silently drops")):
+        constraints.append(
+            "for data with system prompts, use system_prompt: merge (the system text is merged into the "
+            "first user turn: chat.merge_system_prompt)"
+        )
+    two_users = [s[1], {"role": "user", "content": s[3]["content"]}, s[2]]
+    if isinstance(err := try_render(tokenizer, text, two_users), Exception):
+        constraints.append(f"requires strictly alternating user/assistant turns ({err})")
+    for sample in (s, s[1:], merge_system_prompt(s)):
+        out = try_render(tokenizer, text, sample)
+        # a dropped system prompt is a constraint (merge it); other dropped text fails "content kept"
+        if isinstance(out, str) and not [i for i in dropped(sample, out) if sample[i]["role"] == "system"]:
+            return sample, constraints
+    return None, constraints
+
+
+def dropped(messages: list[dict], rendered: str) -> list[int]:
+    """Indices of messages whose (stripped) text content does not appear in the rendering."""
+    return [
+        i
+        for i, m in enumerate(messages)
+        if isinstance(m.get("content"), str) and m["content"].strip() and m["content"].strip() not in rendered
+    ]
+
+
+# ----------------------------------------------------------------------------- the checks
+@dataclass
+class _Ctx:
+    tokenizer: object
+    text: str
+    sample: list[dict]
+    full: str
+    markers: bool
+    ids: list[int]
+    mask: list[int] | None
+
+
+def check_markers(c: _Ctx) -> Check:
+    if c.markers:
+        return Check("generation markers", "pass", "{% generation %} marks the answer")
+    return Check(
+        "generation markers",
+        "fail",
+        "no {% generation %} ... {% endgeneration %} around the assistant content: the answer tokens cannot be "
+        "found, so assistant-only loss is impossible. prepare_tokenizer()/fix_template() add them where safe.",
+    )
+
+
+def check_content_kept(c: _Ctx) -> Check:
+    """Every message's content must appear in the rendering (a template can drop text without an error)."""
+    for conv, gen in conversation_set():
+        out = try_render(c.tokenizer, c.text, conv, gen)
+        if isinstance(out, Exception):
+            continue
+        lost = [i for i in dropped(conv, out) if conv[i]["role"] != "system"]
+        if lost:
+            m = conv[lost[0]]
+            return Check(
+                "content kept",
+                "fail",
+                f"the template renders without error but leaves out message {lost[0]} ({m['role']}: "
+                f"{m['content'][:40]!r}) of a conversation with roles {[x['role'] for x in conv]}",
+            )
+    return Check("content kept", "pass", "every message's text appears in the rendering")
+
+
+def check_prefix_stable(c: _Ctx) -> Check:
+    """Each prefix ending with an answer renders as a prefix of the whole (multi-turn masking and
+    generation at inference both rely on it)."""
+    for k in range(1, len(c.sample)):
+        if c.sample[k - 1]["role"] != "assistant":
+            continue
+        part = c.tokenizer.apply_chat_template(c.sample[:k], chat_template=c.text, tokenize=False)
+        if not c.full.startswith(part):
+            at = next((i for i, (a, b) in enumerate(zip(part, c.full, strict=False)) if a != b), len(part))
+            if c.full.startswith(_strip_trailing_specials(c.tokenizer, part)):
+                continue  # a token written only at the very end (Phi-3 closes the conversation with eos)
+            return Check(
+                "prefix-stable rendering",
+                "fail",
+                f"the first {k} turns render differently alone than inside the whole conversation (from char "
+                f"{at}: {part[at : at + 40]!r} vs {c.full[at : at + 40]!r}): earlier answers are rendered "
+                "differently in training than at inference (e.g. a template that strips reasoning from past turns).",
+            )
+    return Check(
+        "prefix-stable rendering", "pass", "every conversation prefix renders as a prefix of the whole"
+    )
+
+
+def _strip_trailing_specials(tokenizer, text: str) -> str:
+    """`text` without the special/added tokens and whitespace at its end."""
+    names = sorted(
+        set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True
+    )
+    while True:
+        stripped = text.rstrip()
+        for name in names:
+            if name and stripped.endswith(name):
+                stripped = stripped[: -len(name)]
+                break
+        if stripped == text:
+            return text
+        text = stripped
+
+
+def check_generation_prompt(c: _Ctx) -> Check:
+    """What inference appends (add_generation_prompt=True) must be exactly where the training answer starts."""
+    prompt = c.tokenizer.apply_chat_template(
+        c.sample[:-1], chat_template=c.text, tokenize=False, add_generation_prompt=True
+    )
+    answer = c.sample[-1]["content"].strip()
+    rest = c.full[len(prompt) :] if c.full.startswith(prompt) else None
+    if rest is not None and rest.lstrip().startswith(answer):
+        return Check(
+            "generation prompt", "pass", f"inference prompt ends with {prompt[-25:]!r}, where answers start"
+        )
+    if rest is not None and answer in rest:
+        extra = rest[: rest.find(answer)]
+        if c.mask is not None and _trained_chars(c, len(prompt), len(prompt) + len(extra.rstrip())):
+            return Check(
+                "generation prompt",
+                "pass",
+                f"after the inference prompt the model writes {extra!r} itself, and it is trained to (inside the mask)",
+            )
+        return Check(
+            "generation prompt",
+            "warn",
+            f"at inference the model itself must write {extra!r} before its answer: it learns to only if that text "
+            "is inside the generation block",
+        )
+    return Check(
+        "generation prompt",
+        "fail",
+        f"the prompt with add_generation_prompt=True ({prompt[-30:]!r}) is not where the training answer starts "
+        f"({c.full[len(prompt) - 30 : len(prompt) + 10]!r}): the model is trained on a different context than it "
+        "gets at inference. Fix the template's add_generation_prompt branch.",
+    )
+
+
+def _trained_chars(c: _Ctx, start: int, end: int) -> bool:
+    """True if every token overlapping full[start:end] is inside the assistant mask."""
+    enc = c.tokenizer(c.full, add_special_tokens=False, return_offsets_mapping=True)
+    hits = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > start and a < end]
+    return bool(hits) and enc["input_ids"] == c.ids and all(c.mask[i] for i in hits)
+
+
+def check_single_bos(c: _Ctx) -> Check:
+    tok, bos = c.tokenizer, c.tokenizer.bos_token_id
+    if bos is not None and len(c.ids) > 1 and c.ids[0] == bos and c.ids[1] == bos:
+        return Check(
+            "single BOS",
+            "fail",
+            "the rendered text starts with BOS twice: the template writes bos_token and tokenization adds another. "
+            "Tokenize rendered chats with add_special_tokens=False.",
+        )
+    again = tok(c.full, add_special_tokens=True)["input_ids"]
+    if bos is not None and len(again) > 1 and again[0] == again[1] == bos:
+        return Check(
+            "single BOS",
+            "warn",
+            "apply_chat_template gives one BOS, but tokenizer(rendered_text) would add a second: always tokenize "
+            "rendered chats with add_special_tokens=False",
+        )
+    return Check("single BOS", "pass", "no doubled BOS" if bos in c.ids else "no BOS token in this template")
+
+
+def check_pad(c: _Ctx) -> Check:
+    tok = c.tokenizer
+    if tok.pad_token_id is None:
+        return Check(
+            "pad token",
+            "fail",
+            "no pad token: batching needs one. chat.ensure_pad_token() sets a distinct, unused one.",
+        )
+    if tok.pad_token_id == tok.eos_token_id:
+        return Check(
+            "pad token",
+            "warn",
+            f"pad == eos ({tok.eos_token!r}). This kit's labels come from the assistant mask, so eos is still trained "
+            "here; but a collator that masks pad tokens would never train the end of turn and the model would not "
+            "stop. chat.ensure_pad_token() sets a distinct one.",
+        )
+    return Check("pad token", "pass", f"pad {tok.pad_token!r} is distinct from eos {tok.eos_token!r}")
+
+
+def check_mask(c: _Ctx) -> Check | None:
+    if c.mask is None:
+        return None
+    if not any(c.mask):
+        return Check(
+            "assistant mask",
+            "fail",
+            "the generation block renders nothing for the sample: check that it wraps message['content'] of "
+            "assistant turns",
+        )
+    trained = c.tokenizer.decode([t for t, m in zip(c.ids, c.mask, strict=True) if m])
+    answers = [m["content"] for m in c.sample if m["role"] == "assistant"]
+    prompts = [m["content"] for m in c.sample if m["role"] != "assistant"]
+    missing = [a for a in answers if a.strip() not in trained]
+    leaked = [p for p in prompts if p.strip() and p.strip() in trained]
+    if missing or leaked:
+        return Check(
+            "assistant mask", "fail", f"answers outside the mask: {missing}; prompt text inside: {leaked}"
+        )
+    return Check(
+        "assistant mask", "pass", f"{sum(c.mask)} of {len(c.mask)} tokens trained, covering every answer"
+    )
+
+
+def end_of_turn_after_answer(c: _Ctx) -> tuple[int | None, int | None]:
+    """(token index, id) of the special token right after the first answer in the rendering, if any."""
+    answer = next(m["content"].strip() for m in c.sample if m["role"] == "assistant")
+    end = c.full.find(answer) + len(answer)
+    enc = c.tokenizer(c.full, add_special_tokens=False, return_offsets_mapping=True)
+    specials = set(c.tokenizer.all_special_ids) | set(c.tokenizer.get_added_vocab().values())
+    for i, (tid, (a, b)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+        if a >= end and c.full[a:b].strip():
+            return (i, tid) if tid in specials else (None, None)
+    return None, None
+
+
+def check_end_of_turn(c: _Ctx, report: CheckReport) -> Check:
+    """Which token closes an answer, and whether it is trained (without it the model never learns to stop)."""
+    tok = c.tokenizer
+    at, tid = end_of_turn_after_answer(c)
+    if tid is None:
+        return Check(
+            "end of turn trained",
+            "warn",
+            "no special end-of-turn token closes the answers: generation can only stop at max_new_tokens or on a "
+            "stop string",
+        )
+    name = tok.convert_ids_to_tokens(tid)
+    report.end_of_turn = name
+    if c.mask is None:
+        return Check(
+            "end of turn trained",
+            "fail",
+            f"{name!r} closes each answer but is not trained: there are no generation markers",
+        )
+    # the same check on the tokens apply_chat_template gives (the offsets above come from one tokenizer call)
+    ids, mask = c.ids, c.mask
+    inside = [i for i in range(len(ids)) if ids[i] == tid and mask[i]]
+    outside = [i for i in range(len(ids)) if ids[i] == tid and not mask[i]]
+    n_answers = sum(m["role"] == "assistant" for m in c.sample)
+    if len(inside) >= n_answers:
+        return Check("end of turn trained", "pass", f"each answer ends with {name!r}, inside the mask")
+    where = "outside the generation block" if outside else "missing after some answers"
+    return Check(
+        "end of turn trained",
+        "fail",
+        f"{name!r} follows each answer {where}: it is never trained, so the model never learns to stop. Move "
+        "{% endgeneration %} after it (fix_template() does).",
+    )
+
+
+def check_template(tokenizer, template: str | None = None, sample: list[dict] | None = None) -> CheckReport:
+    """Check a tokenizer + template for training; each finding explained. Works on real models' templates."""
+    report = CheckReport()
+    add = report.checks.append
+    try:
+        text = template_of(tokenizer, template)
+    except TemplateError as e:
+        add(Check("has a chat template", "fail", str(e)))
+        return report
+    found, report.constraints = probe(tokenizer, text)
+    sample = sample or found
+    markers = bool(GENERATION_RE.search(text))
+    if sample is None:
+        add(check_markers(_Ctx(tokenizer, text, [], "", markers, [], None)))
+        err = try_render(tokenizer, text, SAMPLE[1:])
+        detail = (
+            render_failure(err, SAMPLE[1:])
+            if isinstance(err, Exception)
+            else "every sample loses some message's text in the rendering"
+        )
+        add(Check("renders a sample", "fail", detail))
+        return report
+    report.sample = sample
+    try:
+        full = tokenizer.apply_chat_template(sample, chat_template=text, tokenize=False)
+    except Exception as e:
+        add(check_markers(_Ctx(tokenizer, text, sample, "", markers, [], None)))
+        add(Check("renders a sample", "fail", render_failure(e, sample)))
+        return report
+    enc = tokenizer.apply_chat_template(
+        sample, chat_template=text, tokenize=True, return_dict=True, return_assistant_tokens_mask=markers
+    )
+    c = _Ctx(tokenizer, text, sample, full, markers, enc["input_ids"], enc.get("assistant_masks"))
+    roles = "/".join(m["role"] for m in sample)
+    for check in (
+        check_markers(c),
+        Check("renders a sample", "pass", f"checked on a {len(sample)}-message sample ({roles})"),
+        check_content_kept(c),
+        check_prefix_stable(c),
+        check_generation_prompt(c),
+        check_single_bos(c),
+        check_pad(c),
+        check_mask(c),
+        check_end_of_turn(c, report),
+    ):
+        if check is not None:
+            add(check)
+    return report

@@ -1,0 +1,234 @@
+"""Make a model's own template training-ready, safely, or refuse and say why.
+
+Order matters: the pad token is set first (the checks of each candidate depend on it); then the
+candidates are tried: TRL's training template for the family (trl.chat_template_utils), else the kit's
+rewrite. A candidate is kept only if it renders every test conversation the original accepts exactly
+as the original does, rejects what the original rejects, and passes every check. The model's template
+is never replaced by the kit's own.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .checks import CheckReport, check_template, conversation_set, probe
+from .rewrite import add_generation_markers, answer_lines, position_dependent_lines, strip_generation_markers
+from .templates import GENERATION_RE, SAMPLE, TemplateError, apply_template, template_of, try_render
+
+# Checks a marker fix cannot repair: the template itself must change (by hand), or the data.
+BLOCKING = (
+    "has a chat template",
+    "renders a sample",
+    "content kept",
+    "prefix-stable rendering",
+    "generation prompt",
+)
+MARKER_CHECKS = ("generation markers", "assistant mask", "end of turn trained")
+# End-of-turn literals seen in published templates (the rewrite also uses the tokenizer's own specials).
+EOT_LITERALS = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>", "<|eom_id|>"]
+_RESERVED_RE = re.compile(r"^<\|?(reserved_special_token_\d+|reserved_\d+|dummy_\d+|placeholder\d+)\|?>$")
+
+
+def ensure_pad_token(tokenizer, template: str | None = None) -> str:
+    """Give the tokenizer a pad token distinct from eos and say which one, and why it is safe.
+
+    Safe means: not eos/bos, not written by the chat template, not the end-of-turn token. Padding only
+    fills positions that the attention mask and the labels ignore, so any such token works; an unused
+    token already in the vocabulary needs no new embedding row. Preference: a token named pad, a
+    reserved/unused token, unk; else a new <|pad|> (the model's embeddings must then be resized).
+    """
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is not None and tokenizer.pad_token != eos:
+        return f"pad token {tokenizer.pad_token!r}: the model's own, distinct from eos {eos!r}"
+    was = "none" if tokenizer.pad_token is None else f"{tokenizer.pad_token!r} (= eos)"
+    used = {eos, tokenizer.bos_token}
+    try:
+        text = template_of(tokenizer, template)
+        for conv in (SAMPLE, SAMPLE[1:]):
+            out = try_render(tokenizer, text, conv, True)
+            if isinstance(out, str):
+                ids = tokenizer(out, add_special_tokens=False)["input_ids"]
+                used |= set(tokenizer.convert_ids_to_tokens(ids))
+    except TemplateError:
+        pass
+    vocab = tokenizer.get_vocab()
+    free = [t for t in vocab if t not in used]
+    named = sorted((t for t in free if "pad" in t.lower() and t[:1] in "<["), key=lambda t: (len(t), t))
+    reserved = sorted((t for t in free if _RESERVED_RE.match(t)), key=lambda t: (len(t), t))
+    unk = [tokenizer.unk_token] if tokenizer.unk_token in free else []
+    for pool, why in (
+        (named, "an unused pad token of the vocabulary"),
+        (reserved, "a reserved, unused token of the vocabulary"),
+        (unk, "the unknown token, which byte-level tokenizers never produce from text"),
+    ):
+        if pool:
+            tokenizer.pad_token = pool[0]
+            return (
+                f"pad token was {was}: set to {pool[0]!r}, {why}; it is not eos, not written by the template and "
+                "only fills positions the attention mask and labels ignore (no new embedding needed)"
+            )
+    new = next(n for n in ("<|pad|>", *(f"<|pad_{i}|>" for i in range(100))) if n not in vocab)
+    tokenizer.add_special_tokens({"pad_token": new})
+    return (
+        f"pad token was {was}: added a new {new!r} (the vocabulary has no unused token): resize the model's "
+        f"embeddings (model.resize_token_embeddings({len(tokenizer)}))"
+    )
+
+
+def same_rendering(tokenizer, original: str, candidate: str) -> str | None:
+    """None if `candidate` renders every test conversation the original accepts identically and rejects
+    what the original rejects; else where it differs."""
+    for conv, gen in conversation_set():
+        a = try_render(tokenizer, original, conv, gen)
+        b = try_render(tokenizer, candidate, conv, gen)
+        roles = [m["role"] for m in conv]
+        if isinstance(a, Exception):
+            if not isinstance(b, Exception):
+                return f"it accepts roles {roles}, which the original rejects ({a})"
+            continue
+        if isinstance(b, Exception):
+            return f"it rejects roles {roles}, which the original accepts ({b})"
+        if a != b:
+            at = next((i for i, (p, q) in enumerate(zip(a, b, strict=False)) if p != q), min(len(a), len(b)))
+            return f"roles {roles}, char {at}: {a[at : at + 40]!r} vs {b[at : at + 40]!r}"
+    return None
+
+
+def _trl_candidate(tokenizer, text: str) -> str | None:
+    """TRL's training template for this exact published template (Llama 3, Gemma, Qwen2.5/3, Phi-3...)."""
+    try:
+        from trl.chat_template_utils import get_training_chat_template
+    except ImportError:
+        return None
+    saved = tokenizer.chat_template
+    tokenizer.chat_template = text
+    try:
+        return get_training_chat_template(processing_class=tokenizer)
+    except Exception:  # ValueError: not a family TRL knows; anything else: TRL's probe failed on it
+        return None
+    finally:
+        tokenizer.chat_template = saved
+
+
+def _trl_file(candidate: str | None) -> str | None:
+    """The path of TRL's bundled template file with this text, if any."""
+    if candidate is None:
+        return None
+    import trl.chat_template_utils as ctu
+
+    for path in sorted(ctu._CHAT_TEMPLATES_DIR.glob("*_training.jinja")):
+        if path.read_text(encoding="utf-8") == candidate:
+            return str(path)
+    return None
+
+
+def _refusal(text: str, report: CheckReport, why: str) -> TemplateError:
+    failed = set(report.failed())
+    if "prefix-stable rendering" in failed:
+        where = position_dependent_lines(text)
+        part = "the parts that depend on a message's position:\n    " + "\n    ".join(where) if where else ""
+        todo = (
+            "train on single-exchange conversations, or give a template that renders earlier turns as at "
+            "inference (template: <path.jinja> in the recipe)"
+        )
+    elif failed & set(BLOCKING):
+        part, todo = "", "fix the template (or the data) as the failed checks say"
+    else:
+        lines = answer_lines(text)
+        part = "the assistant answer is written by:\n    " + "\n    ".join(lines) if lines else ""
+        todo = (
+            "add {% generation %} ... {% endgeneration %} around the assistant content and its end-of-turn "
+            "token by hand and pass it as template: <path.jinja>"
+        )
+    return TemplateError(
+        f"no safe automatic fix for this chat template: {why}. {part}\nWhat to do: {todo}.\n{report}"
+    )
+
+
+def fix_template(
+    tokenizer, template: str | None = None, sample: list[dict] | None = None
+) -> tuple[str, list[str]]:
+    """Make the template training-ready where that is safe; apply it to the tokenizer and return (text, notes).
+
+    Raises TemplateError naming the part of the template that blocks a fix, and what to do.
+    """
+    text = template_of(tokenizer, template)
+    notes = [ensure_pad_token(tokenizer, text)]
+    report = check_template(tokenizer, text, sample)
+    blocking = [n for n in report.failed() if n in BLOCKING]
+    if blocking:
+        why = "it fails " + ", ".join(blocking)
+        trl_file = _trl_file(_trl_candidate(tokenizer, text))
+        if trl_file:
+            why += (
+                f". TRL has a training template for this family, {trl_file}, but it renders conversations "
+                "differently from the model's own (so the kit does not pick it silently): to train with it, set "
+                f"template: {trl_file}"
+            )
+        raise _refusal(text, report, why)
+    if set(report.failed()) & set(MARKER_CHECKS):
+        candidates = []
+        trl = _trl_candidate(tokenizer, text)
+        if trl is not None:
+            candidates.append(
+                (trl, "replaced by TRL's training template for this family (identical text, answers marked)")
+            )
+        specials = [
+            t for t in tokenizer.all_special_tokens if t not in (tokenizer.pad_token, tokenizer.bos_token)
+        ]
+        specials += [t for t in tokenizer.get_added_vocab() if t not in specials and t != tokenizer.pad_token]
+        base = strip_generation_markers(text) if GENERATION_RE.search(text) else text
+        kit = add_generation_markers(base, specials + EOT_LITERALS)
+        if kit is not None:
+            candidates.append(
+                (kit, "wrapped each assistant answer and its end-of-turn token in {% generation %} markers")
+            )
+        tried = []
+        for candidate, how in candidates:
+            differs = same_rendering(tokenizer, text, candidate)
+            after = None if differs else check_template(tokenizer, candidate, sample)
+            if differs or not after.ok:
+                tried.append(
+                    f"{how.split(' (')[0]}: " + (differs or "still fails " + ", ".join(after.failed()))
+                )
+                continue
+            text = candidate
+            notes.append(
+                f"{how}; every test conversation renders exactly as before and what it rejected is still rejected"
+            )
+            break
+        else:
+            why = (
+                "; ".join(tried)
+                if tried
+                else "the answer is not written as `prefix + message content + end_of_turn`"
+            )
+            raise _refusal(text, report, why)
+    tokenizer.chat_template = text
+    after = check_template(tokenizer, text, sample)
+    if not after.ok:
+        raise _refusal(text, after, "the fixed template still fails " + ", ".join(after.failed()))
+    return text, notes
+
+
+def prepare_tokenizer(tokenizer, template: str | None = None) -> CheckReport:
+    """Get a tokenizer ready for training; return the report of what was found and done.
+
+    `template` (a bundled name, a .jinja path or template text) replaces the model's template when given;
+    otherwise the model's own is used. Sets a distinct pad token, checks the template, and makes it
+    training-ready where safe (see fix_template). Raises TemplateError when it cannot.
+    """
+    notes = apply_template(tokenizer, template) if template is not None else []
+    text = template_of(tokenizer)
+    before = check_template(tokenizer, text)
+    if before.failed():
+        notes.append("the template as given failed: " + ", ".join(before.failed()))
+    if before.end_of_turn:
+        trained = "yes" if before.ok else "no" if "end of turn trained" in before.failed() else "yes"
+        notes.append(f"end-of-turn token {before.end_of_turn!r}, trained before any fix: {trained}")
+    _, done = fix_template(tokenizer, text)
+    report = check_template(tokenizer)
+    report.notes = notes + done
+    if not report.constraints:
+        _, report.constraints = probe(tokenizer, tokenizer.chat_template)
+    return report
