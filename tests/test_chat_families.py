@@ -46,6 +46,9 @@ class Family:
     system: str = "keeps"  # keeps | rejects | drops
     alternation: bool = False  # requires strictly alternating user/assistant turns
     default_system: bool = False  # writes a system turn when the conversation has none
+    tools: str = (
+        "keeps"  # what it does with a tool-calling conversation: keeps | rejects | drops (the results)
+    )
     eot: str = ""  # the token that closes an answer
     fix: str = "kit"  # trl | kit | refuse
     trained_after_eot: str = ""  # whitespace the fixed template trains after the end-of-turn token
@@ -89,6 +92,7 @@ FAMILIES = [
         system="rejects",
         alternation=True,
         eot="</s>",
+        tools="rejects",
     ),
     Family(
         "mixtral_mistral_v0_2",
@@ -99,6 +103,7 @@ FAMILIES = [
         system="rejects",
         alternation=True,
         eot="</s>",
+        tools="rejects",
     ),
     Family(
         "mistral_v0_3_tools",
@@ -124,6 +129,7 @@ FAMILIES = [
         eot="<end_of_turn>",
         fix="trl",
         trained_after_eot="\n",
+        tools="rejects",
     ),
     Family(
         "gemma3",
@@ -137,6 +143,7 @@ FAMILIES = [
         eot="<end_of_turn>",
         fix="trl",
         trained_after_eot="\n",
+        tools="rejects",
     ),
     Family(
         "qwen2",
@@ -185,6 +192,7 @@ FAMILIES = [
         fix="trl",
         trained_after_eot="\n",
         trained_at_end="<|endoftext|>",
+        tools="drops",
     ),
     Family(
         "phi3_5",
@@ -198,6 +206,7 @@ FAMILIES = [
         fix="trl",
         trained_after_eot="\n",
         trained_at_end="<|endoftext|>",
+        tools="drops",
     ),
     Family(
         "phi4",
@@ -207,6 +216,7 @@ FAMILIES = [
         "<|dummy_85|>",
         specials=["<|endoftext|>", "<|im_start|>", "<|im_sep|>", "<|im_end|>", "<|dummy_85|>"],
         eot="<|im_end|>",
+        tools="drops",
     ),
     Family(
         "smollm2",
@@ -219,7 +229,7 @@ FAMILIES = [
         default_system=True,
         eot="<|im_end|>",
     ),
-    Family("zephyr_tinyllama", "zephyr.jinja", "</s>", "<s>", "</s>", "<unk>", eot="</s>"),
+    Family("zephyr_tinyllama", "zephyr.jinja", "</s>", "<s>", "</s>", "<unk>", eot="</s>", tools="drops"),
     Family(
         "olmo2",
         "olmo2.jinja",
@@ -228,6 +238,7 @@ FAMILIES = [
         "<|pad|>",
         specials=["<|pad|>"],
         eot="<|endoftext|>",
+        tools="drops",
     ),
     Family(
         "chatml_poro",
@@ -350,6 +361,8 @@ def test_family_template_checked_and_fixed(fam, tiny_model_dir):
         assert _constraint(before, "strictly alternating") == fam.alternation
         assert _constraint(before, "writes a system turn even when there is none") == fam.default_system
         assert ("pad token" in before.failed()) == (fam.pad is None)
+        assert _constraint(before, "rejects tool-calling turns") == (fam.tools == "rejects")
+        assert _constraint(before, "leaves the tool results out") == (fam.tools == "drops")
 
     # 2. made training-ready, or refused with the reason and what to do
     tok, report, refused = _prepared(fam, tiny_model_dir)

@@ -6,7 +6,7 @@ check a small function), `rewrite` + `fix` (pad token, making a model's template
 `lengths` (what a max length would cut). Everything public is re-exported here: `chat.X`.
 """
 
-from .checks import NON_ASCII, Check, CheckReport, check_template, conversation_set, probe
+from .checks import NON_ASCII, TOOL_CALL, Check, CheckReport, check_template, conversation_set, probe
 from .encode import (
     SYSTEM_PROMPT_MODES,
     collate,
@@ -37,6 +37,7 @@ __all__ = [
     "NON_ASCII",
     "SAMPLE",
     "SYSTEM_PROMPT_MODES",
+    "TOOL_CALL",
     "TEMPLATES_DIR",
     "TEMPLATE_TOKENS",
     "Check",

@@ -20,6 +20,25 @@ NON_ASCII = [
 ]
 
 
+# A tool-calling exchange as transformers/TRL define it (OpenAI shape; Mistral wants 9-character ids).
+TOOL_CALL = [
+    {"role": "user", "content": "What is the weather in Oulu?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "call00001",
+                "type": "function",
+                "function": {"name": "weather", "arguments": {"city": "Oulu"}},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call00001", "name": "weather", "content": "-12 C, snow"},
+    {"role": "assistant", "content": "It is -12 C and snowing in Oulu."},
+]
+
+
 def conversation_set() -> list[tuple[list[dict], bool]]:
     """(conversation, add_generation_prompt) pairs a replacement template must render identically."""
     s = SAMPLE
@@ -109,6 +128,11 @@ def probe(tokenizer, text: str) -> tuple[list[dict] | None, list[str]]:
     two_users = [s[1], {"role": "user", "content": s[3]["content"]}, s[2]]
     if isinstance(err := try_render(tokenizer, text, two_users), Exception):
         constraints.append(f"requires strictly alternating user/assistant turns ({err})")
+    tools = try_render(tokenizer, text, TOOL_CALL)
+    if isinstance(tools, Exception):
+        constraints.append(f"rejects tool-calling turns ({type(tools).__name__}: {str(tools)[:80]})")
+    elif dropped(TOOL_CALL, tools):
+        constraints.append("renders tool-calling conversations but leaves the tool results out")
     for sample in (s, s[1:], merge_system_prompt(s)):
         out = try_render(tokenizer, text, sample)
         # a dropped system prompt is a constraint (merge it); other dropped text fails "content kept"

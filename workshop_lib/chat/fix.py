@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from .checks import CheckReport, check_template, conversation_set, probe
+from .checks import TOOL_CALL, CheckReport, check_template, conversation_set, probe
 from .rewrite import add_generation_markers, answer_lines, position_dependent_lines, strip_generation_markers
 from .templates import GENERATION_RE, SAMPLE, TemplateError, apply_template, template_of, try_render
 
@@ -78,7 +78,10 @@ def ensure_pad_token(tokenizer, template: str | None = None) -> str:
 def same_rendering(tokenizer, original: str, candidate: str) -> str | None:
     """None if `candidate` renders every test conversation the original accepts identically and rejects
     what the original rejects; else where it differs."""
-    for conv, gen in conversation_set():
+    for conv, gen in [
+        *conversation_set(),
+        (TOOL_CALL, False),
+    ]:  # tool calls too, for templates that take them
         a = try_render(tokenizer, original, conv, gen)
         b = try_render(tokenizer, candidate, conv, gen)
         roles = [m["role"] for m in conv]
