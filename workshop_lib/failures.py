@@ -284,7 +284,9 @@ def report(folder: str | os.PathLike, nnodes: int | None = None) -> str:
     for r in sorted((r for r in records if r is not cause), key=lambda r: r["time"]):
         how = "consequence" if is_consequence(r, records) else "also failed"
         lines.append(f"--- {how}, {r['time'] - cause['time']:+.1f} s: {_where(r)}: {_headline(r)[:300]}")
-    lines.append(cause.get("traceback", "").rstrip() or cause["error"].strip())
+    detail = cause.get("traceback", "").rstrip() or cause["error"].strip()
+    if detail != _headline(cause):
+        lines.append(f"--- the root cause in full:\n{detail}")
     for key in ("log", "notebook"):
         if cause.get(key):
             lines.append(f"({key}: {cause[key]})")
