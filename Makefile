@@ -15,6 +15,7 @@ demo: setup
 
 test: setup
 	@bash scripts/install_slurm.sh
+	@bash scripts/install_browser.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -15,25 +15,23 @@ from workshop_lib.model import REPO_ROOT
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for name, lr in (("lr-a", 1e-3), ("lr-b", 3e-3)):
-        recipe = train.resolve_paths(
-            R.load_recipe(
-                REPO_ROOT / "recipes" / "tiny_cpu.yaml",
-                overrides={
-                    "max_steps": 12,
-                    "logging_steps": 2,
-                    "save_steps": 6,
-                    "eval_strategy": "steps",
-                    "eval_steps": 6,
-                    "n_generate": 0,
-                    "nproc_per_node": 1,
-                    "warmup_steps": 0,
-                    "learning_rate": lr,
-                    "run_name": name,
-                    "output_root": str(root),
-                },
-            )
+        recipe = R.load_recipe(
+            REPO_ROOT / "recipes" / "tiny_cpu.yaml",
+            overrides={
+                "max_steps": 12,
+                "logging_steps": 2,
+                "save_steps": 6,
+                "eval_strategy": "steps",
+                "eval_steps": 6,
+                "n_generate": 0,
+                "nproc_per_node": 1,
+                "warmup_steps": 0,
+                "learning_rate": lr,
+                "run_name": name,
+                "output_root": str(root),
+            },
         )
-        train.fit(recipe, interactive=False)
+        train.fit(recipe)
     # a run killed mid-training: no result, no trainer_state.json, metrics cut mid-line
     killed = root / "killed"
     shutil.copytree(root / "lr-a", killed)
@@ -59,16 +57,52 @@ def test_one_run_has_data_and_labelled_axes(runs):
     assert list(ev.lines[0].get_xdata()) == [6, 12]
 
 
-def test_sweep_overlay_is_labelled_by_what_differs(runs):
+def test_sweep_overlay_is_labelled_by_name_and_what_differs_is_a_table(runs):
     found, problems = plots.load_runs(str(runs / "lr-*"))
     assert [r.name for r in found] == ["lr-a", "lr-b"] and not problems
     fig = plots.plot_runs(found, x="epoch")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["lr-a (learning_rate=0.001)", "lr-b (learning_rate=0.003)"]
+    assert labels == ["lr-a", "lr-b"]  # short names; the differing keys are in params_table
     assert fig.axes[0].get_xlabel() == "epoch"
+    params = plots.params_table(found)
+    assert list(params.columns) == ["run", "learning_rate"] and list(params["learning_rate"]) == [
+        "0.001",
+        "0.003",
+    ]
     table = plots.summary_table(found)
-    assert list(table["learning_rate"]) == ["0.001", "0.003"] and table["final loss"].notna().all()
-    assert table["finished"].all()
+    assert "learning_rate" not in table and table["final loss"].notna().all() and table["finished"].all()
+
+
+def test_figure_size_is_fixed_and_empty_panels_say_why(runs):
+    run = plots.load_run(runs / "lr-a")
+    one = plots.plot_runs([run], metrics=["loss"])
+    five = plots.plot_runs([run, plots.load_run(runs / "lr-b")])
+    assert tuple(one.get_size_inches()) == tuple(five.get_size_inches()) == plots.FIGSIZE
+    # eval records carry no token count: their x comes from the train record of the same step
+    by_tokens = {
+        ax.get_title(): ax for ax in plots.plot_runs([run], metrics=["loss", "eval_loss"], x="tokens").axes
+    }
+    xs = list(by_tokens["eval loss"].lines[0].get_xdata())
+    assert len(xs) == 2 and xs == sorted(xs) and xs[0] > 0
+    # a metric the run never logged keeps its panel, which says so
+    run.records = [{k: v for k, v in r.items() if k != "grad_norm"} for r in run.records]
+    empty = {ax.get_title(): ax for ax in plots.plot_runs([run], metrics=["loss", "grad_norm"]).axes}[
+        "gradient norm"
+    ]
+    assert not empty.lines and "no gradient norm against optimizer step" in empty.texts[0].get_text()
+
+
+def test_a_glob_lists_only_run_folders(runs, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "lr-a", root / "lr-a")
+    for kit_folder in ("logs", "comparison", "interactive/data", ".jobs"):  # the kit's own folders in runs/
+        (root / kit_folder).mkdir(parents=True)
+    (root / "demo.ipynb").write_text("{}")
+    found, problems = plots.load_runs(str(root / "*"))
+    assert [r.name for r in found] == ["lr-a"] and problems == []
+    assert plots.load_runs(str(root / "l*s"))[1] == [
+        f"{root / 'l*s'}: matches no run folder (a folder with recipe.yaml or metrics.jsonl)"
+    ]
 
 
 def test_killed_run_still_plots_and_the_corrupt_line_is_reported(runs):

@@ -5,13 +5,16 @@ python -m workshop_lib doctor [--model PATH_OR_ID]
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 STACK = [
     "torch",
@@ -149,29 +152,83 @@ def check_folders() -> list[Line]:
         check_folder("kit cache", cache_dir()),
         check_folder("HF cache", hf_home),
     ]
-    offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
-    lines.append(
-        Line("PASS", "hub", "HF_HUB_OFFLINE=1: models load from local folders and the cache only")
-        if offline
-        else Line(
-            "WARN",
-            "hub",
-            "online mode: on compute nodes without internet set HF_HUB_OFFLINE=1 "
-            "(and download models on the login node first)",
+    online, why = hub_status()
+    if not online and "HF_HUB_OFFLINE" in why:
+        lines.append(
+            Line("PASS", "hub", "HF_HUB_OFFLINE=1: models load from local folders and the cache only")
         )
-    )
+    elif not online:
+        lines.append(
+            Line("WARN", "hub", f"{why}: set HF_HUB_OFFLINE=1 so that loading never waits on retries")
+        )
+    else:
+        lines.append(
+            Line(
+                "PASS",
+                "hub",
+                f"{why}; on compute nodes without internet set HF_HUB_OFFLINE=1 "
+                "(and download models on the login node first)",
+            )
+        )
     return lines
+
+
+@functools.cache
+def hub_status(timeout_s: float = 3.0) -> tuple[bool, str]:
+    """(reachable, why) for the Hugging Face hub, decided once per process and never by waiting on retries:
+    HF_HUB_OFFLINE=1 answers at once, else one TCP connection to the endpoint with a short timeout."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False, "HF_HUB_OFFLINE=1 is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True, f"{host} answers"
+    except OSError as e:
+        return False, f"{host} cannot be reached ({e.strerror or type(e).__name__}: no internet here?)"
+
+
+def model_source(model: str) -> tuple[str | None, str]:
+    """Where a model's files can be read from without waiting on the hub: (folder or id, where).
+
+    A local folder or the kit's tiny model; a hub id already in the Hugging Face cache (its snapshot folder,
+    read offline); the hub id itself when the hub answers; else None and a sentence saying what to do.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    from .model import TINY, resolve_model
+
+    if str(model) == TINY:
+        return resolve_model(model), "the kit's tiny model (built locally)"
+    path = Path(str(model)).expanduser()
+    if path.exists():
+        return str(path), "a local folder"
+    try:
+        cached = try_to_load_from_cache(str(model), "config.json")
+    except Exception:  # not a valid hub id either: let the loader say what is wrong with it
+        return str(model), "neither a local folder nor a valid hub id"
+    if isinstance(cached, str):
+        return str(Path(cached).parent), "the Hugging Face cache"
+    online, why = hub_status()
+    if online:
+        return str(model), "the hub"
+    return None, (
+        f"{model} is not a local folder nor in the Hugging Face cache, and {why}. Download it where there "
+        f"is internet (`hf download {model}`; config.json alone is enough to plan) or use a local model folder"
+    )
 
 
 def check_model(model: str) -> list[Line]:
     from transformers import AutoConfig, AutoTokenizer
 
-    from .model import resolve_model
-
+    path, where = model_source(model)
+    if path is None:
+        return [Line("FAIL", "model", where)]
     try:
-        path = resolve_model(model)
         cfg = AutoConfig.from_pretrained(path)
-        lines = [Line("PASS", "model config", f"{model}: {cfg.model_type}")]
+        lines = [Line("PASS", "model config", f"{model}: {cfg.model_type}, from {where}")]
     except Exception as e:
         return [Line("FAIL", "model config", f"{model}: {type(e).__name__}: {str(e)[:300]}")]
     try:

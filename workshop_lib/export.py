@@ -6,7 +6,6 @@ same logits as base + adapter (checked by `max_logit_difference`).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -94,18 +93,18 @@ def max_logit_difference(model_a, model_b, tokenizer, conversations: list[list[d
     return diff
 
 
-def generation_notes(model, tokenizer) -> str:
-    """What generation will do: where it stops, how long it may run, greedy or sampled."""
+def generation_notes(model, tokenizer):
+    """What generation will do (where it stops, how long it may run, greedy or sampled), as a small table."""
+    import pandas as pd
+
     from . import generate
 
     cfg = model.generation_config
     stops = generate.end_of_turn_ids(tokenizer, model)
-    return json.dumps(
-        {
-            "stops on": [tokenizer.convert_ids_to_tokens(i) for i in stops],
-            "pad_token": tokenizer.pad_token,
-            "max_new_tokens (default)": cfg.max_new_tokens,
-            "do_sample": cfg.do_sample,
-        },
-        indent=1,
-    )
+    rows = {
+        "stops on": ", ".join(tokenizer.convert_ids_to_tokens(i) for i in stops),
+        "pad token": tokenizer.pad_token,
+        "max_new_tokens (model default)": cfg.max_new_tokens,
+        "sampling": "yes" if cfg.do_sample else "no (greedy)",
+    }
+    return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))

@@ -59,12 +59,18 @@ def answer(
     return out
 
 
+def prompt_text(messages: Sequence[dict]) -> str:
+    """The turns before an answer as readable text, one `role: content` line each (for result tables)."""
+    return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in messages)
+
+
 def exact_match(
     model, tokenizer, rows: Sequence[dict], n: int | None = None, max_new_tokens: int = 64
 ) -> dict:
     """Answer the last user turn of each held-out conversation; score exact match with its reference.
 
-    Returns {"exact_match": fraction, "n": count, "examples": [(prompt, reference, answer), ...]}.
+    Returns {"exact_match": fraction, "n": count, "examples": [(prompt, reference, answer), ...]}, where the
+    prompt is every turn before the answer (`prompt_text`), not only the last question.
     """
     rows = list(rows)[:n] if n else list(rows)
     prompts = [r["messages"][:-1] for r in rows]
@@ -74,5 +80,5 @@ def exact_match(
     return {
         "exact_match": sum(hits) / max(len(hits), 1),
         "n": len(hits),
-        "examples": [(p[-1]["content"], ref, a) for p, ref, a in zip(prompts, refs, answers, strict=True)],
+        "examples": [(prompt_text(p), ref, a) for p, ref, a in zip(prompts, refs, answers, strict=True)],
     }

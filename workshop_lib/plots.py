@@ -117,10 +117,13 @@ class Run:
         return bool(self.result)
 
     def series(self, metric: str, x: str = "step") -> tuple[list[float], list[float]]:
+        key = "num_tokens" if x == "tokens" else x
+        # eval records carry no token count (and some no epoch): take it from a record of the same step
+        by_step = {r["step"]: r[key] for r in self.records if r.get(key) is not None and "step" in r}
         xs, ys = [], []
         for r in self.records:
             if metric in r and r[metric] is not None:
-                xv = r.get("num_tokens") if x == "tokens" else r.get(x)
+                xv = r.get(key, by_step.get(r.get("step")))
                 if xv is not None:
                     xs.append(xv)
                     ys.append(r[metric])
@@ -167,13 +170,28 @@ def load_run(path: str | Path) -> Run:
     return Run(path, records, params, result, problems)
 
 
+RUN_MARKERS = ("recipe.yaml", "metrics.jsonl", "trainer_state.json")
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """A folder written by a training run (not runs/logs, runs/comparison, data or executed notebooks)."""
+    return Path(path).is_dir() and any((Path(path) / m).exists() for m in RUN_MARKERS)
+
+
 def load_runs(paths: str | Path | Sequence[str | Path]) -> tuple[list[Run], list[str]]:
-    """Load many runs (a glob, a folder, or a list). Bad folders become problems; good ones still load."""
+    """Load many runs (a glob, a folder, or a list). Bad folders become problems; good ones still load.
+
+    A glob keeps only run folders, silently: runs/* also holds the kit's own folders (logs, comparison,
+    data) and executed notebooks. Folders named one by one are all reported on.
+    """
     if isinstance(paths, (str, Path)):
         text = str(paths)
-        found = sorted(glob.glob(text)) if any(c in text for c in "*?[") else [text]
-        if not found:
-            return [], [f"{text}: matches no folder"]
+        if any(c in text for c in "*?["):
+            found = [p for p in sorted(glob.glob(text)) if is_run_folder(p)]
+            if not found:
+                return [], [f"{text}: matches no run folder (a folder with recipe.yaml or metrics.jsonl)"]
+        else:
+            found = [text]
     else:
         found = [str(p) for p in paths]
     runs, problems = [], []
@@ -196,6 +214,18 @@ def differing_params(runs: Sequence[Run]) -> dict[str, list[str]]:
     return {r.name: [f"{k}={r.params.get(k)}" for k in differ] for r in runs}
 
 
+def params_table(runs: Sequence[Run]):
+    """The recipe keys that differ between runs, one row per run (the legend shows run names only)."""
+    import pandas as pd
+
+    differ = differing_params(runs)
+    return pd.DataFrame([{"run": r.name, **dict(s.split("=", 1) for s in differ[r.name])} for r in runs])
+
+
+def run_label(run: Run) -> str:
+    return run.name + ("" if run.finished else " [unfinished]")
+
+
 def smooth(ys: Sequence[float], weight: float) -> list[float]:
     """Exponential moving average with bias correction (TensorBoard-style); weight 0 = raw."""
     out, avg = [], 0.0
@@ -205,60 +235,80 @@ def smooth(ys: Sequence[float], weight: float) -> list[float]:
     return out
 
 
+FIGSIZE = (13.0, 6.4)  # one size for any number of panels and runs: the notebook's output never jumps
+
+
 def plot_runs(
     runs: Sequence[Run],
-    metrics: Sequence[str] = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_s"),
+    metrics: Sequence[str] | None = None,
     x: str = "step",
     smoothing: float = 0.6,
     title: str | None = None,
 ):
-    """One panel per metric, one line per run (labelled by what differs); train loss raw and smoothed."""
+    """One panel per metric, one line per run (labelled by its name: `params_table` says what differs).
+
+    metrics=None: every metric the runs logged. A metric without data on the chosen x axis keeps its panel,
+    which says so, rather than disappearing.
+    """
     plt = _plt()
-    metrics = [m for m in metrics if any(run.series(m, x)[0] for run in runs)] or ["loss"]
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    if metrics is None:
+        metrics = [m for m in METRICS if any(run.series(m, "step")[0] for run in runs)] or ["loss"]
     cols = min(len(metrics), 3)
     rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
-    labels = differing_params(runs) if len(runs) > 1 else {}
+    fig, axes = plt.subplots(rows, cols, figsize=FIGSIZE, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, metric in zip(axes.flat, metrics, strict=False):
+        name = METRICS.get(metric, metric)
+        ax.set(xlabel=X_AXES.get(x, x), ylabel=name, title=name)
+        drawn = False
         for i, run in enumerate(runs):
             xs, ys = run.series(metric, x)
             if not xs:
                 continue
+            drawn = True
             colour = colours[i % len(colours)]
-            label = run.name + (f" ({', '.join(labels[run.name])})" if labels.get(run.name) else "")
-            if not run.finished:
-                label += " [unfinished]"
             if metric == "loss" and smoothing > 0 and len(ys) > 2:
                 ax.plot(xs, ys, color=colour, alpha=0.3, linewidth=1)
-                ax.plot(xs, smooth(ys, smoothing), color=colour, label=label, linewidth=1.8)
+                ax.plot(xs, smooth(ys, smoothing), color=colour, label=run_label(run), linewidth=1.8)
             else:
-                ax.plot(
-                    xs,
-                    ys,
-                    color=colour,
-                    label=label,
-                    marker="o" if metric == "eval_loss" or len(xs) < 3 else None,
-                    markersize=4,
-                )
-        ax.set(xlabel=X_AXES.get(x, x), ylabel=METRICS.get(metric, metric), title=METRICS.get(metric, metric))
+                marker = "o" if metric == "eval_loss" or len(xs) < 3 else None
+                ax.plot(xs, ys, color=colour, label=run_label(run), marker=marker, markersize=4)
+        if not drawn:
+            ax.text(
+                0.5,
+                0.5,
+                f"no {name} against {X_AXES.get(x, x)}\n(not logged, or not yet)",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="#6b7280",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        if x == "tokens":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 120k, 1.2M: labels that do not overlap
         if metric == "learning_rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.remove()
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    if handles:
+    handles, names = {}, []
+    for ax in fig.axes:
+        for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
+            if n not in handles:
+                handles[n] = h
+                names.append(n)
+    legend_rows = math.ceil(len(names) / 4) if names else 0
+    if names:
         fig.legend(
-            handles,
-            names,
-            loc="lower center",
-            ncol=min(len(names), 3),
-            fontsize=8,
-            bbox_to_anchor=(0.5, -0.02),
+            [handles[n] for n in names], names, loc="lower center", ncol=min(len(names), 4), fontsize=8
         )
     fig.suptitle(title or (runs[0].name if len(runs) == 1 else f"{len(runs)} runs"))
-    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
+    fig.tight_layout(rect=(0, min(0.035 * legend_rows + 0.01, 0.4) if names else 0, 1, 1))
     return fig
 
 
@@ -268,7 +318,9 @@ def plot_run(path: str | Path, **kw):
 
 
 def summary_table(runs: Sequence[Run]):
-    """Final and best losses, runtime, tokens/s, GPU-hours (where known) per run, as a DataFrame."""
+    """Final and best losses, runtime, tokens/s, GPU-hours (where known) per run, as a DataFrame.
+
+    What differs between the runs' recipes is `params_table`'s (write_report joins both into summary.csv)."""
     import pandas as pd
 
     rows = []
@@ -285,7 +337,6 @@ def summary_table(runs: Sequence[Run]):
         rows.append(
             {
                 "run": run.name,
-                **{k: v for k, v in (s.split("=", 1) for s in differing_params(runs).get(run.name, []))},
                 "steps": max((r["step"] for r in run.records), default=0),
                 "final loss": loss[-1] if loss else None,
                 "best loss": min(loss) if loss else None,
@@ -326,14 +377,21 @@ def write_report(
     )
     fig = plot_runs(runs, x=x, smoothing=smoothing)
     written = save_figure(fig, target / "loss_curves")
-    table = summary_table(runs)
-    table.to_csv(target / "summary.csv", index=False)
+    table, params = summary_table(runs), params_table(runs)
+    both = params.merge(table, on="run")
+    both.to_csv(target / "summary.csv", index=False)
     try:
-        markdown = table.to_markdown(index=False)
+        markdown = both.to_markdown(index=False)
     except ImportError:  # pandas needs tabulate for Markdown
-        markdown = table.to_string(index=False)
+        markdown = both.to_string(index=False)
     (target / "summary.md").write_text(markdown)
-    return {"target": target, "figure": fig, "table": table, "written": [*written, target / "summary.csv"]}
+    return {
+        "target": target,
+        "figure": fig,
+        "table": table,
+        "params": params,
+        "written": [*written, target / "summary.csv"],
+    }
 
 
 def live_plot(every_s: float = 2.0):
@@ -348,7 +406,8 @@ def live_plot(every_s: float = 2.0):
             return
         last.update(t=time.time(), n=len(records))
         plt = _plt()
-        run = Run(Path("live"), list(records), {}, {})
+        # a result marks the run as drawn as it is (no "[unfinished]"); the three panels are there from the start
+        run = Run(Path("this run"), list(records), {}, {"live": True})
         fig = plot_runs([run], metrics=("loss", "eval_loss", "learning_rate"), title="training (live)")
         handle.update(fig)
         plt.close(fig)

@@ -1,0 +1,462 @@
+"""Notebooks as participants meet them: JupyterLab in headless Chromium, Run All from the menu, widgets used.
+
+JupyterLab is started by the test on a free port, token-less, in a temporary root folder holding copies of
+the notebooks (with parameters injected as papermill does, so that nothing is written into the repository).
+For each notebook: open it, Run > Run All Cells, wait for the kernel, check that no cell failed and every
+widget rendered, use a widget and check its visible effect, save, reload the page and check again.
+Screenshots go to $PYTEST_ARTIFACTS (or a temporary folder, printed). Needs Debian's chromium and
+chromium-driver (scripts/install_browser.sh) and selenium; without them it skips (a failure in CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from workshop_lib.model import REPO_ROOT
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+selenium = pytest.importorskip("selenium", reason="selenium is not installed: pip install -e '.[dev]'")
+if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip(
+        "chromium or chromedriver not found: run scripts/install_browser.sh as root", allow_module_level=True
+    )
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import Select  # noqa: E402
+
+WIDGET_ERRORS = ("Error displaying widget", "model not found", "Loading widget")
+FAST_TRAIN = {
+    "max_steps": 10,
+    "logging_steps": 2,
+    "save_steps": 10,
+    "eval_strategy": "steps",
+    "eval_steps": 5,
+    "n_generate": 8,
+    "nproc_per_node": 1,
+    "warmup_steps": 0,
+}
+RUN_ALL_S: dict[str, float] = {}  # notebook -> seconds of Run All in the browser (printed at the end)
+
+
+def until(check: Callable[[], object], timeout: float, what: str, every: float = 0.25):
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    end = time.time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.time() > end:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+class Lab:
+    """A JupyterLab server and a headless Chromium looking at it."""
+
+    def __init__(self, root: Path, work: Path, artifacts: Path):
+        self.root, self.artifacts = root, artifacts
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        cfg, settings = work / "config", work / "settings"
+        cfg.mkdir()
+        # the language server is not needed and costs start-up time on 2 cores
+        (cfg / "jupyter_server_config.json").write_text(
+            json.dumps({"ServerApp": {"jpserver_extensions": {"jupyter_lsp": False}}})
+        )
+        # no "would you like to receive Jupyter news?" toast over the notebook
+        notes = settings / "@jupyterlab" / "apputils-extension"
+        notes.mkdir(parents=True)
+        (notes / "notification.jupyterlab-settings").write_text(
+            json.dumps({"fetchNews": "false", "checkForUpdates": False})
+        )
+        env = dict(
+            os.environ,
+            JUPYTER_CONFIG_DIR=str(cfg),
+            JUPYTERLAB_SETTINGS_DIR=str(settings),
+            JUPYTERLAB_WORKSPACES_DIR=str(work / "workspaces"),
+            JUPYTER_RUNTIME_DIR=str(work / "runtime"),
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
+        self.log = work / "jupyterlab.log"
+        self.server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterlab",
+                "--no-browser",
+                "--allow-root",
+                f"--port={port}",
+                "--ServerApp.ip=127.0.0.1",
+                "--IdentityProvider.token=",
+                "--ServerApp.password=",
+                f"--ServerApp.root_dir={root}",
+                "--ServerApp.disable_check_xsrf=True",  # the test shuts kernels down through the REST API
+            ],
+            env=env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = CHROMIUM
+        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+            opts.add_argument(arg)
+        self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+        until(self._up, 120, f"JupyterLab to answer on {self.url} (log: {self.log})")
+
+    def _up(self) -> bool:
+        assert self.server.poll() is None, f"JupyterLab exited: {self.log.read_text()[-2000:]}"
+        try:
+            urllib.request.urlopen(f"{self.url}/api/status", timeout=2)
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self.driver.quit()
+        self.server.terminate()
+        try:
+            self.server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+
+    # ------------------------------------------------------------------ the page
+    def js(self, script: str, *args):
+        return self.driver.execute_script(script, *args)
+
+    def panel(self):
+        return self.driver.find_element(By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden)")
+
+    def prompts(self) -> list[str]:
+        return self.js(
+            "return [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell"
+            " .jp-InputPrompt')].map(e => e.textContent.trim())"
+        )
+
+    def text(self) -> str:
+        return self.panel().text
+
+    def open(self, name: str) -> None:
+        """Open a notebook in a fresh workspace and wait until its kernel is idle."""
+        self.driver.get(f"{self.url}/lab/tree/{name}?reset")
+        n_code = sum(c.cell_type == "code" for c in nbformat.read(self.root / name, as_version=4).cells)
+        until(lambda: len(self.prompts()) == n_code, 120, f"{name} to show its {n_code} code cells")
+        until(self._kernel_idle, 120, f"the kernel of {name} to start")
+
+    def _kernel_idle(self) -> bool:
+        return bool(
+            self.js(
+                "const s = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) "
+                ".jp-Notebook-ExecutionIndicator');"
+                "const bar = document.querySelector('#jp-main-statusbar');"
+                "return s && s.dataset.status === 'idle' && bar && /Idle/.test(bar.textContent)"
+            )
+        )
+
+    def menu(self, label: str, item: str) -> None:
+        """Click a menu-bar entry, then one of its items by its label, as a person would."""
+        self.driver.find_element(
+            By.XPATH, f"//div[contains(@class,'lm-MenuBar-itemLabel') and text()='{label}']"
+        ).click()
+        xpath = f"//li[contains(@class,'lm-Menu-item')][div[contains(@class,'lm-Menu-itemLabel') and text()='{item}']]"
+        until(lambda: self.driver.find_elements(By.XPATH, xpath), 10, f"{label} > {item}")[0].click()
+
+    def run_all(self, timeout: float) -> float:
+        """Run > Run All Cells; wait until no cell is running or queued. Returns the seconds it took."""
+        self.panel().find_element(By.CSS_SELECTOR, ".jp-Cell").click()
+        t0 = time.time()
+        self.menu("Run", "Run All Cells")
+        until(lambda: any(p != "[ ]:" for p in self.prompts()), 30, "Run All to start")
+        done = 0
+
+        def finished() -> bool:
+            nonlocal done
+            quiet = "[*]:" not in self.prompts() and self._kernel_idle()
+            done = done + 1 if quiet else 0
+            return done >= 3  # idle on three polls in a row: not between two cells
+
+        until(finished, timeout, "Run All to finish", every=0.3)
+        return time.time() - t0 - 0.6
+
+    def widget_outputs(self) -> list:
+        """The outputs that display a widget (not those nested inside another widget)."""
+        return self.js(
+            "return [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) "
+            ".jp-OutputArea-output.lm-Panel')].filter(e => !e.parentElement.closest('.jupyter-widgets'))"
+        )
+
+    def assert_widgets_rendered(self, expected: int | None = None) -> None:
+        """Every widget output shows a widget: no placeholder and no error text, anywhere in the notebook."""
+
+        def settled() -> bool:
+            return not any(e in self.text() for e in WIDGET_ERRORS[2:])
+
+        until(settled, 20, "widgets to leave 'Loading widget...'")
+        text = self.text()
+        for err in WIDGET_ERRORS:
+            assert err not in text, f"{err!r} shown in the notebook"
+        views = self.widget_outputs()
+        if expected is not None:
+            assert len(views) == expected, f"{len(views)} widget outputs, expected {expected}"
+        for view in views:
+            assert view.find_elements(By.CSS_SELECTOR, ".jupyter-widgets *"), (
+                f"an empty widget output: {view.text}"
+            )
+
+    def save(self, name: str) -> nbformat.NotebookNode:
+        self.menu("File", "Save Notebook")
+        until(
+            lambda: (
+                not self.driver.find_elements(By.CSS_SELECTOR, ".lm-TabBar-tab.jp-mod-current.jp-mod-dirty")
+            ),
+            30,
+            f"{name} to be saved",
+        )
+        return nbformat.read(self.root / name, as_version=4)
+
+    def screenshot(self, stem: str, element=None) -> None:
+        if element is not None:
+            self.js("arguments[0].scrollIntoView()", element)
+        self.driver.save_screenshot(str(self.artifacts / f"{stem}.png"))
+
+    def shutdown_kernels(self) -> None:
+        for session in json.load(urllib.request.urlopen(f"{self.url}/api/sessions")):
+            req = urllib.request.Request(f"{self.url}/api/sessions/{session['id']}", method="DELETE")
+            urllib.request.urlopen(req)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def errors_in(nb: nbformat.NotebookNode) -> list[str]:
+    """Error outputs of a saved notebook, and code cells that never ran."""
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if cell.get("execution_count") is None:
+            found.append(f"cell {i} did not run")
+        for out in cell.get("outputs", []):
+            if out.output_type == "error":
+                found.append(f"cell {i}: {out.ename}: {out.evalue}")
+    return found
+
+
+def image_sources(element) -> list[str]:
+    return [img.get_attribute("src") for img in element.find_elements(By.CSS_SELECTOR, "img")]
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    base = os.environ.get("PYTEST_ARTIFACTS")
+    path = Path(base) / "browser" if base else tmp_path_factory.mktemp("browser-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, artifacts):
+    work = tmp_path_factory.mktemp("lab")
+    root = work / "notebooks"
+    root.mkdir()
+    lab = Lab(root, work, artifacts)
+    yield lab
+    lab.close()
+    if RUN_ALL_S:
+        times = ", ".join(f"{k} {v:.1f} s" for k, v in RUN_ALL_S.items())
+        print(f"\nRun All in the browser: {times}; screenshots in {artifacts}")
+        (artifacts / "run_all_seconds.json").write_text(json.dumps(RUN_ALL_S, indent=1))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished run of the tiny model (10 steps), for notebooks 04 and 05."""
+    from workshop_lib import recipe as R
+    from workshop_lib import train
+
+    root = tmp_path_factory.mktemp("runs")
+    recipe = R.load_recipe(
+        REPO_ROOT / "recipes" / "tiny_cpu.yaml",
+        overrides={**FAST_TRAIN, "run_name": "browser", "output_root": str(root)},
+    )
+    if hasattr(train, "resolve_paths"):  # before the training-core rewrite, paths were resolved separately
+        recipe = train.resolve_paths(recipe)
+    train.fit(recipe)
+    return root / "browser"
+
+
+def prepare(lab: Lab, stem: str, parameters: dict) -> str:
+    """Copy notebooks/<stem>.ipynb into the lab's root with parameters injected (as papermill does)."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    nb = load_notebook_node(str(REPO_ROOT / "notebooks" / f"{stem}.ipynb"))
+    nb = parameterize_notebook(nb, parameters) if parameters else nb
+    nbformat.write(nb, lab.root / f"{stem}.ipynb")
+    return f"{stem}.ipynb"
+
+
+def run_in_browser(lab: Lab, stem: str, parameters: dict, timeout: float = 240) -> nbformat.NotebookNode:
+    """Open, Run All, check nothing failed and widgets rendered; returns the saved notebook."""
+    name = prepare(lab, stem, parameters)
+    lab.open(name)
+    seconds = lab.run_all(timeout)
+    RUN_ALL_S[stem] = seconds
+    print(f"{stem}: Run All {seconds:.1f} s in the browser")
+    lab.screenshot(f"{stem}.run-all")
+    saved = lab.save(name)
+    assert not errors_in(saved), errors_in(saved)
+    lab.assert_widgets_rendered()
+    return saved
+
+
+def reopen(lab: Lab, stem: str) -> None:
+    """Save, reload the page (the notebook reopens from disk) and check no widget is broken."""
+    name = f"{stem}.ipynb"
+    lab.save(name)
+    lab.open(name)
+    lab.assert_widgets_rendered()
+    lab.screenshot(f"{stem}.reopened")
+    lab.shutdown_kernels()
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def output_text(nb: nbformat.NotebookNode) -> str:
+    """Stream and text/plain outputs of a saved notebook (not its source)."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", "") + out.get("data", {}).get("text/plain", ""))
+            parts.append(out.get("data", {}).get("text/html", ""))
+    return "\n".join(parts)
+
+
+def widget_area(lab: Lab, css: str):
+    """The one widget output containing `css` (a widget inside it)."""
+    found = [w for w in lab.widget_outputs() if w.find_elements(By.CSS_SELECTOR, css)]
+    assert len(found) == 1, f"{len(found)} widget outputs contain {css}"
+    return found[0]
+
+
+def test_00_setup_check(lab):
+    saved = run_in_browser(lab, "00_setup_check", {})
+    text = output_text(saved)
+    assert "[PASS] model config: tiny" in text and "cannot plan" not in text
+    assert "memory per GPU: total (GiB)" in text and "memory_gib" not in text  # a table, not JSON
+    reopen(lab, "00_setup_check")
+
+
+def test_01_data_formatting(lab, tmp_path):
+    saved = run_in_browser(lab, "01_data_formatting", {"output_dir": str(tmp_path / "data")})
+    assert (tmp_path / "data" / "train.jsonl").exists()
+    text = output_text(saved)
+    assert f"train_file = '{tmp_path / 'data' / 'train.jsonl'}'" in text  # says how 03 trains on it
+    browser = widget_area(lab, ".widget-slider")
+    shown = browser.find_element(By.CSS_SELECTOR, ".widget-html-content")
+    first = shown.text
+    assert "train 1 / " in first
+    assert browser.find_element(By.CSS_SELECTOR, ".widget-readout").text == "1"  # slider and heading agree
+    next_button = [b for b in browser.find_elements(By.CSS_SELECTOR, "button") if b.text == "▶"]
+    next_button[0].click()
+    until(lambda: "train 2 / " in shown.text, 30, "the next button to show conversation 2")
+    assert shown.text != first and browser.find_element(By.CSS_SELECTOR, ".widget-readout").text == "2"
+    lab.screenshot("01_data_formatting.next", browser)
+    reopen(lab, "01_data_formatting")
+
+
+def test_02_chat_templates(lab):
+    run_in_browser(lab, "02_chat_templates", {})
+    view = widget_area(lab, ".widget-slider")
+    before = until(lambda: image_sources(view), 30, "the length plot under the slider")
+    readout = view.find_element(By.CSS_SELECTOR, ".widget-readout").text
+    view.find_element(By.CSS_SELECTOR, ".noUi-handle").send_keys(Keys.ARROW_RIGHT)
+    until(
+        lambda: view.find_element(By.CSS_SELECTOR, ".widget-readout").text != readout,
+        20,
+        "the slider to move",
+    )
+    until(lambda: image_sources(view) and image_sources(view) != before, 60, "the plot to follow the slider")
+    lab.screenshot("02_chat_templates.slider", view)
+    reopen(lab, "02_chat_templates")
+
+
+def test_03_train(lab, tmp_path):
+    params = {
+        "output_root": str(tmp_path),
+        "run_name": "browser-03",
+        "max_steps": 10,
+        "overrides": {k: v for k, v in FAST_TRAIN.items() if k != "max_steps"},
+    }
+    saved = run_in_browser(lab, "03_train", params, timeout=400)
+    text = output_text(saved)
+    assert "image/png" in json.dumps([c.get("outputs", []) for c in saved.cells])  # the live or final plot
+    assert "held-out exact match" in text and (tmp_path / "browser-03" / "result.json").exists()
+    reopen(lab, "03_train")
+
+
+def test_04_loss_curves(lab, trained_run, tmp_path):
+    saved = run_in_browser(lab, "04_loss_curves", {"runs": str(trained_run), "out_dir": str(tmp_path)})
+    assert "note:" not in output_text(saved) and (tmp_path / "loss_curves.png").exists()
+    explorer = widget_area(lab, "select[multiple]")
+    pick, metrics = [Select(e) for e in explorer.find_elements(By.CSS_SELECTOR, "select[multiple]")]
+    first = until(lambda: image_sources(explorer), 30, "the explorer's plot")
+    metrics.deselect_all()
+    metrics.select_by_visible_text("learning rate")
+    until(
+        lambda: image_sources(explorer) and image_sources(explorer) != first,
+        60,
+        "the metric picker to redraw",
+    )
+    axis = Select(explorer.find_element(By.CSS_SELECTOR, ".widget-dropdown select"))
+    lr_plot = image_sources(explorer)
+    axis.select_by_visible_text("tokens seen")
+    until(
+        lambda: image_sources(explorer) and image_sources(explorer) != lr_plot,
+        60,
+        "the x-axis picker to redraw",
+    )
+    lab.screenshot("04_loss_curves.tokens", explorer)
+    pick.deselect_all()
+    until(lambda: not image_sources(explorer), 30, "the plot to be cleared with no run chosen")
+    assert "Choose at least one run" in explorer.text
+    reopen(lab, "04_loss_curves")
+
+
+def test_05_chat_and_export(lab, trained_run):
+    saved = run_in_browser(lab, "05_chat_and_export", {"run": str(trained_run), "n_eval": 8})
+    assert "exact match on 8 held-out conversations" in output_text(saved)
+    chat = widget_area(lab, ".widget-text input")
+    box = chat.find_element(By.CSS_SELECTOR, ".widget-text input")
+    box.click()
+    box.send_keys(Keys.ENTER)  # empty: says so
+    until(lambda: "Type a message first" in chat.text, 30, "a hint after an empty send")
+    box.send_keys("Which word is the fruit: wolf, plum, ocean", Keys.ENTER)
+    until(lambda: "ASSISTANT" in chat.text.upper() and "thinking" not in chat.text, 60, "an answer to Enter")
+    assert "Which word is the fruit" in chat.text and box.get_attribute("value") == ""
+    assert "Type a message first" not in chat.text
+    box.send_keys("And the colour?")
+    chat.find_element(By.XPATH, ".//button[normalize-space()='send']").click()  # the button sends too
+    until(lambda: chat.text.upper().count("ASSISTANT") == 2, 60, "an answer to the send button")
+    assert "Type a message first" not in chat.text  # the click right after the text was sent is no empty send
+    lab.screenshot("05_chat_and_export.chat", chat)
+    reopen(lab, "05_chat_and_export")
