@@ -14,7 +14,7 @@ from workshop_lib.paths import REPO_ROOT
 
 RAW = REPO_ROOT / "data" / "raw"
 # the command as users run it; `python -m workshop_lib validate` once cli.py registers data.command
-CLI = [sys.executable, "-m", "workshop_lib.data.command"]
+CLI = [sys.executable, "-m", "workshop_lib", "validate"]
 SHA = "fdf72ae0827c1cda404aff25b6603abec9e3399b"
 
 

@@ -50,8 +50,8 @@ def cut_back_to(run_dir, step):
 # ----------------------------------------------------------------------------- builders, one by one
 def test_builders_one_by_one(tmp_path):
     recipe = make(tmp_path, "b", max_length=40, method="lora", r=4)
-    tok = build.tokenizer(recipe)
-    assert chat.check_template(tok).ok and tok.pad_token_id != tok.eos_token_id
+    tok, report = build.tokenizer(recipe)
+    assert report.ok and report.end_of_turn == "<|im_end|>" and tok.pad_token_id != tok.eos_token_id
 
     train_ds, eval_ds, eval_rows = build.datasets(recipe, tok)
     assert 0 < len(eval_ds) < len(eval_rows)  # rows whose answers all lie past 40 tokens are dropped
@@ -99,7 +99,7 @@ def test_labels_reaching_the_model_equal_the_token_view(tmp_path, monkeypatch):
         tmp_path, "labels", train_file=str(one), eval_file=None, max_steps=1, per_device_train_batch_size=1
     )
     train.fit(recipe)
-    view = chat.token_view(rows[0]["messages"], build.tokenizer(recipe))
+    view = chat.token_view(rows[0]["messages"], build.tokenizer(recipe)[0])
     ids, labels = seen[0]
     assert ids == view.ids
     assert [lab != chat.IGNORE for lab in labels] == view.trained
@@ -165,6 +165,22 @@ def test_resume_on_another_world_size_keeps_the_global_batch(tmp_path, capsys):
         runfolder.prepare(
             make(tmp_path, "grow", resume=True, nproc_per_node=2, distributed="zero3", **params)
         )
+
+
+def test_train_command_runs_the_same_path_and_scores_before_and_after(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "workshop_lib", "train", "recipes/tiny_cpu.yaml", "-p", "run_name", "cli"]
+    for k, v in {**FAST, "output_root": tmp_path, "max_steps": 4, "n_generate": 4}.items():
+        cmd += ["-p", k, str(v)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step     4/4" in proc.stdout and "train: finished at step 4/4" in proc.stdout
+    result = json.loads((tmp_path / "cli" / "result.json").read_text())
+    assert result["exact_match_n"] == 4 and {"exact_match_before", "exact_match_after"} <= set(result)
+    bad = subprocess.run([*cmd[:5], "-p", "learning_rat", "1"], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert bad.returncode == 2 and "did you mean 'learning_rate'" in bad.stderr
 
 
 # ----------------------------------------------------------------------------- several processes

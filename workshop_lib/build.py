@@ -22,24 +22,16 @@ def device_kind() -> str:
 
 
 def tokenizer(recipe: Recipe):
-    """The model's tokenizer, with its chat template checked and made training-ready (or refused)."""
+    """The model's tokenizer made ready for training: the recipe's template if it names one, a pad token,
+    the chat template checked and made training-ready where that is safe (chat.prepare_tokenizer).
+    Returns (tokenizer, report); the report says what was found and done, or the call refuses clearly."""
     from transformers import AutoTokenizer
 
     from .model import resolve_model
 
     tok = AutoTokenizer.from_pretrained(resolve_model(recipe.model))
-    if recipe.template:
-        chat.apply_template(tok, recipe.template)
-    if tok.pad_token is None:
-        chat.fix_template(tok)
-    report = chat.check_template(tok)
-    if not report.ok:
-        raise chat.TemplateError(
-            f"the chat template of {recipe.model} is not safe to train with:\n{report}\n"
-            "Fix: set template: chatml (or llama3, mistral, gemma, zephyr) in the recipe, or repair it with "
-            "chat.fix_template (notebook 02)."
-        )
-    return tok
+    report = chat.prepare_tokenizer(tok, recipe.template)
+    return tok, report
 
 
 def rows(spec: Any, seed: int = 0) -> list[dict]:
@@ -63,7 +55,10 @@ def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
 
     def prepare(found: list[dict]):
         ds = chat.tokenize_dataset(
-            data.to_dataset(found), tokenizer, assistant_only=sft.get("assistant_only_loss", True)
+            data.to_dataset(found),
+            tokenizer,
+            assistant_only=sft.get("assistant_only_loss", True),
+            system_prompt=recipe.system_prompt,
         )
         if cut:
             ds = ds.map(lambda r: {"input_ids": r["input_ids"][:cut], "labels": r["labels"][:cut]})

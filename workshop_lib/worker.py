@@ -165,7 +165,7 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
 
     _deepspeed_process_group(recipe)
     if prepared is None:
-        tokenizer = build.tokenizer(recipe)
+        tokenizer, _ = build.tokenizer(recipe)
         train_ds, eval_ds, _ = build.datasets(recipe, tokenizer)
     else:
         tokenizer, train_ds, eval_ds = prepared
