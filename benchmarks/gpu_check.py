@@ -147,7 +147,7 @@ def build_kit_trainer(recipe, extra_callbacks: list):
     from workshop_lib import build, runfolder
 
     recipe = runfolder.prepare(recipe)
-    tok = build.tokenizer(recipe)
+    tok, _ = build.tokenizer(recipe)
     train_ds, _, _ = build.datasets(recipe, tok)
     model = build.model(recipe, tok)
     trainer = SFTTrainer(model=model, args=SFTConfig(**build.sft_args(recipe)[0]), train_dataset=train_ds,

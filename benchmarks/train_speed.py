@@ -7,14 +7,17 @@
              no activation checkpointing, and the recipe's schedule; raw messages in
 
 Every repetition trains each side once, in rotated order (A B C, B C A, ...); ratios are taken inside a
-repetition and reported as median (min-max). Each side uses --threads torch threads (default 1). Inside each run a probe measures the held-out answer loss
-(assistant tokens only, the same measure for every side) every --eval-every steps, off the clock, so
-"time to target loss" is read from one run. Throughput counts the conversations' unpadded tokens.
+repetition and reported as median (min-max). Each side uses --threads torch threads (default 1). Inside
+each run a probe measures the held-out answer loss (assistant tokens only, the same measure for every side)
+every --eval-every steps, off the clock, so "time to target loss" is read from one run: the target is the
+worst final answer loss of the repetition, which every side reaches. Throughput counts the conversations'
+unpadded tokens. The run checks that all sides train on the same input_ids, and kit and TRL tuned on the
+same answer labels.
 
 Part (b): notebook 03 under papermill against the same training from a plain script (`train.fit`), with
 papermill's fixed cost (an empty notebook) subtracted; also interleaved.
 
-    python benchmarks/train_speed.py [--reps 3] [--epochs 1] [--rows 0] [--part all|train|papermill]
+    python benchmarks/train_speed.py [--reps 3] [--epochs 1] [--rows 0] [--part all|train|papermill] [--json out.json]
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ def kit_trainer(recipe, callbacks: list):
     from workshop_lib import build, runfolder
 
     recipe = runfolder.prepare(recipe)  # the run folder the kit's callbacks write to
-    tok = build.tokenizer(recipe)
+    tok, _ = build.tokenizer(recipe)
     train_ds, _, _ = build.datasets(recipe, tok)
     model = build.model(recipe, tok)
     trainer = SFTTrainer(
@@ -285,9 +288,22 @@ def papermill_overhead(args, out: Path) -> dict[str, Any]:
 
     def notebook(rep: int) -> dict:
         cmd = [*pm, str(REPO_ROOT / "notebooks" / "03_train.ipynb"), str(out / f"03-{rep}.ipynb")]
-        cmd += ["-f", str(RECIPE), "-p", "run_name", f"notebook-{rep}", "-p", "output_root", str(out)]
-        for k, v in params.items():
-            cmd += ["-p", k, str(v)]
+        cmd += [
+            "-p",
+            "recipe_file",
+            str(RECIPE),
+            "-p",
+            "run_name",
+            f"notebook-{rep}",
+            "-p",
+            "output_root",
+            str(out),
+        ]
+        # keys the notebook declares as parameters go as -p, the others in its `overrides` dict
+        declared = ("max_steps", "nproc_per_node")
+        for k in declared:
+            cmd += ["-p", k, str(params[k])]
+        cmd += ["-y", json.dumps({"overrides": {k: v for k, v in params.items() if k not in declared}})]
         return _timed(cmd)
 
     def fixed(rep: int) -> dict:
@@ -331,6 +347,7 @@ def report(args, res: dict[str, Any]) -> None:
             print(
                 f"  kit vs {label:<12} tokens/s {B.fmt_ratio(B.ratios(reps, 'kit', other, 'tokens_per_s'))}"
                 f"   time to target loss {B.fmt_ratio(B.ratios(reps, other, 'kit', 'time_to_target_s'))} faster"
+                f"   end to end (data, model, train) {B.fmt_ratio(B.ratios(reps, other, 'kit', 'wall_s'))} faster"
             )
     if "papermill" in res:
         reps = res["papermill"]["reps"]
