@@ -46,7 +46,7 @@ def cluster():
     return for_tests()  # one cluster for the whole session, shared with test_submit.py
 
 
-def submit(cluster, out_root, *args, params=FAST, check=True):
+def submit(cluster, out_root, *args, params=FAST, check=True, sbatch=()):
     cmd = [
         sys.executable,
         "-m",
@@ -60,6 +60,8 @@ def submit(cluster, out_root, *args, params=FAST, check=True):
     cmd += list(args)
     for k, v in params.items():
         cmd += ["-p", k, str(v)]
+    if sbatch:
+        cmd += ["--", *sbatch]
     out = subprocess.run(cmd, capture_output=True, text=True, env=cluster.env, cwd=REPO_ROOT, timeout=120)
     if check:
         assert out.returncode == 0, out.stderr
@@ -131,6 +133,8 @@ def jobs(cluster, tmp_path_factory):
                 "--launcher",
                 launcher,
                 params=PARITY,
+                # no time-limit signal, even on a loaded machine: the reference must run uninterrupted
+                sbatch=["--time=02:00:00"],
             )
             submitted[name + kind] = job
     # two stops per preempted run: one at an arbitrary step, one the moment the requeued try starts
