@@ -117,13 +117,19 @@ class Run:
         return bool(self.result)
 
     def series(self, metric: str, x: str = "step") -> tuple[list[float], list[float]]:
-        key = "num_tokens" if x == "tokens" else x
-        # eval records carry no token count (and some no epoch): take it from a record of the same step
-        by_step = {r["step"]: r[key] for r in self.records if r.get(key) is not None and "step" in r}
+        def x_of(r: dict):
+            if x != "tokens":
+                return r.get(x)
+            # train records count num_tokens; eval records only num_input_tokens_seen (when TRL logs it)
+            return r.get("num_tokens", r.get("num_input_tokens_seen"))
+
+        # a record without its own x (an eval record without a token count) takes that of its step
+        by_step = {r["step"]: x_of(r) for r in self.records if x_of(r) is not None and "step" in r}
         xs, ys = [], []
         for r in self.records:
             if metric in r and r[metric] is not None:
-                xv = r.get(key, by_step.get(r.get("step")))
+                xv = x_of(r)
+                xv = by_step.get(r.get("step")) if xv is None else xv
                 if xv is not None:
                     xs.append(xv)
                     ys.append(r[metric])
