@@ -367,17 +367,6 @@ def test_doctor_reports_and_exits_by_status(tiny_model_dir, capsys):
     assert bad[0].status == "FAIL" and "nonexistent" in bad[0].detail
 
 
-def test_notebook_00_setup_check(tmp_path):
-    from test_notebooks import outputs
-
-    from workshop_lib.cli import run_notebook
-
-    poro = _model_dir(tmp_path, PORO_34B)
-    out = run_notebook("00_setup_check", tmp_path, {"plan_model": str(poro)})
-    text, _ = outputs(out)
-    assert "[PASS] torch" in text and '"min_nodes": 2' in text and '"comfortable_nodes": 3' in text
-
-
 def test_other_public_architectures():
     # published configs (trimmed), as test data: Mixtral-8x7B (MoE), Falcon-7B (multi-query), Gemma-7B (head_dim)
     mixtral = {
