@@ -249,8 +249,10 @@ def main() -> int:
                 real = activation_peak(cfg, seq, ckpt, fake=fake)
                 label = f"{name} activations bf16 seq {seq}{' ckpt' if ckpt else ''}{' (fake tensors)' if fake else ''}"
                 rows.append(row(label, est * plan.GiB, real))
-                if name == "tiny" and seq == 512:  # fake tensors allocate what real ones do
-                    assert activation_peak(cfg, seq, ckpt, fake=True) == real
+                if name == "tiny" and seq == 512:  # do fake tensors allocate what real ones do?
+                    rows.append(
+                        row(f"{label}: fake tensors vs real", activation_peak(cfg, seq, ckpt, True), real)
+                    )
     worst = max(abs(r[3]) for r in rows)
     print(f"largest error: {worst:.1%}")
     return 0
