@@ -63,6 +63,7 @@ def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
         if cut:
             ds = ds.map(lambda r: {"input_ids": r["input_ids"][:cut], "labels": r["labels"][:cut]})
             ds = ds.filter(lambda r: any(t != chat.IGNORE for t in r["labels"]))
+            ds = ds.flatten_indices()  # a filtered dataset reads through an index map: 1.6-4x slower batches
         return ds
 
     seed = int(sft.get("seed", 0))
@@ -150,7 +151,7 @@ def sft_args(recipe: Recipe, interactive: bool = False) -> tuple[dict[str, Any],
         decide(
             "max_length", None, "padding-free rows are cut by the kit during tokenization (TRL refuses one)"
         )
-    if recipe.world_size > 1 or recipe.distributed in ("zero2", "zero3"):
+    if recipe.world_size > 1 or recipe.distributed != "ddp":
         _distribution(recipe, args, decide, gpu)
     if recipe.method == "full":
         decide(

@@ -31,6 +31,11 @@ def launch_workers(
     prepared: (tokenizer, train_ds, eval_ds) built already; forked workers inherit them. Returns rank 0's
     result (on other nodes, this node's first worker's), with every local rank's in `.ranks`.
     """
+    if recipe.world_size > 1 and prepared is None:  # tokenize once here; forked workers inherit the data
+        from . import build
+
+        tokenizer, _ = build.tokenizer(recipe)
+        prepared = (tokenizer, *build.datasets(recipe, tokenizer)[:2])
     if recipe.world_size == 1:
         fn = functools.partial(worker.train, recipe, prepared)
     else:

@@ -101,7 +101,9 @@ def _local_numels(trainer) -> tuple[int, int]:
     while not isinstance(opt, torch.optim.Optimizer) and hasattr(opt, "optimizer"):
         opt = opt.optimizer  # accelerate and DeepSpeed wrap the torch optimizer
     states = getattr(opt, "state", {}) or {}
-    numel = sum(t.numel() for st in states.values() for t in st.values() if torch.is_tensor(t) and t.dim() > 0)
+    numel = sum(
+        t.numel() for st in states.values() for t in st.values() if torch.is_tensor(t) and t.dim() > 0
+    )
     return params, numel
 
 
@@ -163,7 +165,7 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
 
     from .callbacks import RebuildBucketsOnResume
 
-    _deepspeed_process_group(recipe)
+    _one_process_group(recipe)
     if prepared is None:
         tokenizer, _ = build.tokenizer(recipe)
         train_ds, eval_ds, _ = build.datasets(recipe, tokenizer)
@@ -190,10 +192,11 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
     return finish(trainer, recipe, output, ckpt)
 
 
-def _deepspeed_process_group(recipe: Recipe) -> None:
-    """DeepSpeed wants a process group even for one process (else it looks for MPI), and ZeRO-3 on CPU
-    must join it (over gloo) before the model is loaded, so that the weights are partitioned on load."""
-    if recipe.distributed not in ("zero2", "zero3"):
+def _one_process_group(recipe: Recipe) -> None:
+    """DeepSpeed and FSDP want a process group even for one process (DeepSpeed otherwise looks for MPI),
+    and ZeRO-3 on CPU must join it (over gloo) before the model is loaded, so that the weights are
+    partitioned on load."""
+    if recipe.distributed == "ddp":
         return
     if "RANK" not in os.environ:
         from .launch import free_port
