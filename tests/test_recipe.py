@@ -77,7 +77,7 @@ def write(tmp_path, text):
         ("num_train_epochs: three\n", r"num_train_epochs: expected float or int, got 'three'"),
         ("per_device_train_batch_size: 8.5\n", r"per_device_train_batch_size: expected int"),
         ("distributed: zero-3\n", r"distributed: 'zero-3' is not one of .* \(did you mean 'zero3'\?\)"),
-        ("method: qlora\n", r"qlora .* needs a CUDA GPU"),
+        ("method: qlora\ndistributed: zero3\n", r"method qlora with distributed zero3 is not supported"),
         ("method: full\nr: 8\n", r"LoRA keys \['r'\] are set but method is full"),
         ("nproc_per_node: 0\n", r"nproc_per_node: expected a positive integer"),
         ("run_name: a/b\n", r"run_name: 'a/b' must be a plain folder name"),

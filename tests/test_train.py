@@ -74,6 +74,9 @@ def test_builders_one_by_one(tmp_path):
     assert {"use_cpu", "bf16", "assistant_only_loss", "max_length"} <= set(why)
     zero3, why3 = build.sft_args(make(tmp_path, "z", distributed="zero3", nproc_per_node=2))
     assert zero3["deepspeed"]["zero_optimization"]["stage"] == 3 and "deepspeed" in why3
+    if not torch.cuda.is_available():  # a QLoRA recipe loads and plans anywhere; training it needs a GPU
+        with pytest.raises(R.RecipeError, match="qlora .* needs a CUDA GPU"):
+            build.model(make(tmp_path, "q", method="qlora"), tok)
     names = [type(c).__name__ for c in build.callbacks(recipe)]
     assert names == ["MetricsJSONL", "StopOnRequest"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import chat
-from .recipe import Recipe
+from .recipe import Recipe, RecipeError
 
 
 def device_kind() -> str:
@@ -83,6 +83,12 @@ def model(recipe: Recipe, tokenizer):
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if device_kind() == "cuda" else torch.float32}
     if recipe.method == "qlora":
         from transformers import BitsAndBytesConfig
+
+        if device_kind() != "cuda":  # a recipe may be planned and submitted from anywhere; training needs it
+            raise RecipeError(
+                f"{recipe.source}: method: qlora quantizes the base model to 4 bits with bitsandbytes, which needs "
+                "a CUDA GPU; none is visible here. Train it on the GPU nodes (submit), or use method: lora here."
+            )
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,

@@ -347,11 +347,6 @@ def _check_combinations(r: Recipe, label: str) -> None:
             f"{label}: method qlora with distributed {r.distributed} is not supported by the kit: "
             "use ddp (the quantized base fits each GPU)."
         )
-    if r.method == "qlora" and not _has_gpu():
-        raise RecipeError(
-            f"{label}: method: qlora quantizes the base model to 4 bits with bitsandbytes, which needs a CUDA "
-            "GPU; none is visible here. Use method: lora on this machine (plan and submit QLoRA jobs from here)."
-        )
     if r.distributed == "fsdp" and r.world_size > 1 and not _has_gpu():
         raise RecipeError(
             f"{label}: distributed: fsdp needs GPUs: accelerate applies FSDP only on GPU-like devices, so on CPU "
