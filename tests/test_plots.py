@@ -148,4 +148,4 @@ def test_summary_counts_gpu_hours_only_for_gpu_runs(runs):
     assert plots.summary_table([run])["GPU-hours"].isna().all()
     run.result["device"] = "cuda"
     hours = plots.summary_table([run])["GPU-hours"].iloc[0]
-    assert hours == pytest.approx(round(run.result["train_runtime_s"] * run.result["world_size"] / 3600, 3))
+    assert hours == pytest.approx(round(run.result["total_runtime_s"] * run.result["world_size"] / 3600, 3))

@@ -335,7 +335,12 @@ def summary_table(runs: Sequence[Run]):
         _, ev = run.series("eval_loss")
         _, tps = run.series("tokens_per_s")
         times = [r["time"] for r in run.records if "time" in r]
-        runtime = run.result.get("train_runtime_s") or (times[-1] - times[0] if len(times) > 1 else None)
+        # total_runtime_s sums the tries of a preempted and resumed run; older results had train_runtime_s
+        recorded = next(
+            (run.result[k] for k in ("total_runtime_s", "runtime_s", "train_runtime_s") if run.result.get(k)),
+            None,
+        )
+        runtime = recorded or (times[-1] - times[0] if len(times) > 1 else None)
         world = run.result.get("world_size") or (
             run.params.get("nproc_per_node", 1) * run.params.get("nnodes", 1)
         )
