@@ -44,7 +44,7 @@ FAST_TRAIN = {
     "logging_steps": 2,
     "save_steps": 10,
     "eval_strategy": "steps",
-    "eval_steps": 5,
+    "eval_steps": 10,  # one evaluation (of the whole held-out set): it costs more than the 10 steps
     "n_generate": 8,
     "nproc_per_node": 1,
     "warmup_steps": 0,
