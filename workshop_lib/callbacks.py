@@ -16,7 +16,9 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-PREEMPT_SIGNALS = (signal.SIGUSR1,)  # what the job asks Slurm for before the time limit
+# USR1: what the job asks Slurm for before the time limit; TERM: scancel or preemption. Both mean "checkpoint
+# and stop"; whether the job then requeues is the job script's decision (only after USR1).
+PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 
 class MetricsJSONL(TrainerCallback):
@@ -72,7 +74,7 @@ class StopOnRequest(TrainerCallback):
     def __init__(self, stop_file: Path):
         self.stop_file = Path(stop_file)
         self.flag = threading.Event()
-        self.preempted = False
+        self.seen = self.preempted = False
         if threading.current_thread() is threading.main_thread():
             for s in PREEMPT_SIGNALS:
                 signal.signal(s, lambda *_: self.flag.set())
@@ -84,13 +86,15 @@ class StopOnRequest(TrainerCallback):
             dist.all_reduce(t)  # all ranks stop at the same step, even if only one was asked
             stop = t.item() > 0
         if stop:
-            control.should_save = True
-            control.should_training_stop = True
-            self.preempted = True
+            self.seen = True
+            if state.global_step < state.max_steps:  # at the last step the run simply finishes
+                control.should_save = True
+                control.should_training_stop = True
+                self.preempted = True
         return control
 
     def on_train_end(self, args, state, control, **kw):
-        if self.preempted and state.is_world_process_zero:
+        if self.seen and state.is_world_process_zero:
             self.stop_file.unlink(missing_ok=True)  # seen and acted on
 
 
