@@ -56,19 +56,21 @@ def prepare(recipe: Recipe) -> Recipe:
     """
     run_dir = recipe.run_dir
     recorded = run_dir / "recipe.yaml"
+    if not is_node_zero(recipe):  # node 0 decides; the others only follow a resume's batch settings
+        if recipe.resume and recorded.exists():
+            recipe = _same_global_batch(recipe, yaml.safe_load(recorded.read_text()) or {})
+        return recipe
     if not recorded.exists():
-        if is_node_zero(recipe):
-            (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-            recipe.save(recorded)
+        (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        recipe.save(recorded)
         return recipe
     if not recipe.resume:
         raise RunExists(_exists_message(run_dir))
     recipe = _same_global_batch(recipe, yaml.safe_load(recorded.read_text()) or {})
-    if is_node_zero(recipe):
-        ckpt = last_checkpoint(run_dir)
-        _trim_metrics(run_dir / "metrics.jsonl", checkpoint_step(ckpt) if ckpt else 0)
-        # STOP stays: a stop request that arrived before this try read it must still be seen by training
-        (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
+    ckpt = last_checkpoint(run_dir)
+    _trim_metrics(run_dir / "metrics.jsonl", checkpoint_step(ckpt) if ckpt else 0)
+    # STOP stays: a stop request that arrived before this try read it must still be seen by training
+    (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
     return recipe
 
 
