@@ -54,9 +54,14 @@ RUN_ALL_S: dict[str, float] = {}  # notebook -> seconds of Run All in the browse
 
 def until(check: Callable[[], object], timeout: float, what: str, every: float = 0.25):
     """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     end = time.time() + timeout
     while True:
-        value = check()
+        try:
+            value = check()
+        except StaleElementReferenceException:  # the output redrew while we read it: look again
+            value = None
         if value:
             return value
         if time.time() > end:
@@ -226,7 +231,15 @@ class Lab:
             30,
             f"{name} to be saved",
         )
-        return nbformat.read(self.root / name, as_version=4)
+
+        def written() -> nbformat.NotebookNode | None:
+            # jupyter_server writes the file in place (after a backup copy): it can be caught half-written
+            try:
+                return nbformat.read(self.root / name, as_version=4)
+            except (nbformat.reader.NotJSONError, ValueError):
+                return None
+
+        return until(written, 30, f"{name} to be written to disk")
 
     def screenshot(self, stem: str, element=None) -> None:
         if element is not None:
