@@ -3,6 +3,7 @@
 #   make test   lint + the whole test suite
 # Cluster builds of torch: TORCH_SPEC=skip VENV_FLAGS=--system-site-packages make setup  (see README)
 VENV ?= .venv
+PYTEST_ARGS ?= --durations=30
 PY := $(VENV)/bin/python
 export TOKENIZERS_PARALLELISM ?= false
 
