@@ -412,14 +412,16 @@ def live_plot(every_s: float = 2.0):
     handle = display(display_id=True)
     last = {"t": 0.0, "n": 0}
 
-    def update(records: list[dict]) -> None:
-        if len(records) == last["n"] or time.time() - last["t"] < every_s:
+    def update(records: list[dict], final: bool = False) -> None:
+        """Redraw at most every `every_s` seconds; `final` draws the last state whatever the time."""
+        if not final and (len(records) == last["n"] or time.time() - last["t"] < every_s):
             return
         last.update(t=time.time(), n=len(records))
         plt = _plt()
         # a result marks the run as drawn as it is (no "[unfinished]"); the three panels are there from the start
         run = Run(Path("this run"), list(records), {}, {"live": True})
-        fig = plot_runs([run], metrics=("loss", "eval_loss", "learning_rate"), title="training (live)")
+        title = "training (finished)" if final else "training (live)"
+        fig = plot_runs([run], metrics=("loss", "eval_loss", "learning_rate"), title=title)
         handle.update(fig)
         plt.close(fig)
 

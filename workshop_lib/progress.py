@@ -37,7 +37,8 @@ def is_interactive() -> bool:
 
 
 class Progress(threading.Thread):
-    """Follows metrics.jsonl from its current end; prints one line per logged step, or calls plot(records)."""
+    """Follows metrics.jsonl from its current end; prints one line per logged step, or calls plot(records)
+    (a plot callable also takes final=True: plots.live_plot)."""
 
     def __init__(self, path: Path, every: float = 2.0, plot: Callable | None = None):
         super().__init__(daemon=True)
@@ -88,8 +89,8 @@ def follow(run_dir: str | Path, plot: Callable | None = None) -> Iterator[Progre
     finally:
         progress.done.set()
         progress.join()
-        if plot is not None and hasattr(plot, "finish"):
-            plot.finish(progress.records)
+        if plot is not None and progress.records:
+            plot(progress.records, final=True)  # the last state, drawn whatever the redraw interval
 
 
 def format_log_line(r: dict) -> str:
