@@ -7,6 +7,7 @@ or multi-node run. Each builder does one thing and says what it decided.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,27 @@ def model(recipe: Recipe, tokenizer):
     eot = chat.end_of_turn_token(tokenizer) or tokenizer.eos_token
     m.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(eot)
     m.generation_config.pad_token_id = tokenizer.pad_token_id
+    trainer_log = logging.getLogger("transformers.trainer")
+    for old in [f for f in trainer_log.filters if isinstance(f, TiedWeightsAreNotMissing)]:
+        trainer_log.removeFilter(old)
+    trainer_log.addFilter(TiedWeightsAreNotMissing(m))  # resuming this model: no false alarm
     return m
+
+
+class TiedWeightsAreNotMissing(logging.Filter):
+    """On resume, transformers warns that lm_head.weight is 'missing' from a checkpoint of a model with tied
+    embeddings: it is not missing, it is the embedding matrix. Drop only that warning."""
+
+    def __init__(self, model):
+        super().__init__()
+        ties = getattr(model.config.get_text_config(), "tie_word_embeddings", False)
+        self.tied = set(getattr(model, "_tied_weights_keys", None) or {}) if ties else set()  # untied: warn
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "missing keys in the checkpoint" not in msg or not self.tied:
+            return True
+        return not all(any(t in part for t in self.tied) for part in msg.split("[", 1)[-1].split(","))
 
 
 def lora_config(recipe: Recipe, model=None):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import os
 import sys
 from pathlib import Path
@@ -62,22 +61,6 @@ def param_digest(model) -> str:
         h.update(name.encode())
         h.update(t.to(torch.float32).cpu().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-class _TiedWeightsAreNotMissing(logging.Filter):
-    """On resume, transformers warns that lm_head.weight is 'missing' from a checkpoint of a model with tied
-    embeddings: it is not missing, it is the embedding matrix. Drop only that warning."""
-
-    def __init__(self, model):
-        super().__init__()
-        tied = getattr(model, "_tied_weights_keys", None) or {}
-        self.tied = set(tied) if not isinstance(tied, dict) else set(tied)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        if "missing keys in the checkpoint" not in msg or not self.tied:
-            return True
-        return not all(any(t in part for t in self.tied) for part in msg.split("[", 1)[-1].split(","))
 
 
 def _wrapped_as(trainer) -> str:
@@ -186,7 +169,6 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
     )
     trainer.remove_callback(PrinterCallback)  # the kit prints its own lines from metrics.jsonl
     trainer.add_callback(RebuildBucketsOnResume(trainer))
-    logging.getLogger("transformers.trainer").addFilter(_TiedWeightsAreNotMissing(model))
     ckpt = resume_checkpoint(recipe)
     output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     return finish(trainer, recipe, output, ckpt)
