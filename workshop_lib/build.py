@@ -144,7 +144,7 @@ def lora_config(recipe: Recipe, model=None):
     return LoraConfig(task_type="CAUSAL_LM", **kwargs)
 
 
-def sft_args(recipe: Recipe, interactive: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+def sft_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
     """Keyword arguments for SFTConfig: the recipe's, plus what the kit decides for this device and run,
     each decision with its reason. Returns (kwargs, {key: why}) so notebook 03 can show both."""
     args = dict(recipe.sft)
@@ -232,11 +232,11 @@ def _distribution(recipe: Recipe, args: dict, decide, gpu: bool) -> None:
         decide("deepspeed", config, f"DeepSpeed ZeRO stage {stage}; 'auto' values come from SFTConfig", False)
 
 
-def sft_config(recipe: Recipe, interactive: bool = False):
+def sft_config(recipe: Recipe):
     """TRL's SFTConfig built from sft_args."""
     from trl import SFTConfig
 
-    return SFTConfig(**sft_args(recipe, interactive)[0])
+    return SFTConfig(**sft_args(recipe)[0])
 
 
 def callbacks(recipe: Recipe) -> list:

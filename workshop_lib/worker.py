@@ -155,12 +155,9 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
     else:
         tokenizer, train_ds, eval_ds = prepared
     model = build.model(recipe, tokenizer)
-    args, _ = build.sft_args(recipe)
-    from trl import SFTConfig
-
     trainer = SFTTrainer(
         model=model,
-        args=SFTConfig(**args),
+        args=build.sft_config(recipe),
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
