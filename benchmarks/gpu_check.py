@@ -150,7 +150,7 @@ def build_kit_trainer(recipe, extra_callbacks: list):
     tok, _ = build.tokenizer(recipe)
     train_ds, _, _ = build.datasets(recipe, tok)
     model = build.model(recipe, tok)
-    trainer = SFTTrainer(model=model, args=SFTConfig(**build.sft_args(recipe)[0]), train_dataset=train_ds,
+    trainer = SFTTrainer(model=model, args=SFTConfig(**build.trl_args(recipe)[0]), train_dataset=train_ds,
                          processing_class=tok, peft_config=build.lora_config(recipe, model),
                          callbacks=[*build.callbacks(recipe), *extra_callbacks])  # fmt: skip
     trainer.remove_callback(PrinterCallback)  # as the worker does: no dict printed per log step

@@ -139,7 +139,7 @@ def kit_trainer(recipe, callbacks: list):
     model = build.model(recipe, tok)
     trainer = SFTTrainer(
         model=model,
-        args=SFTConfig(**build.sft_args(recipe)[0]),
+        args=SFTConfig(**build.trl_args(recipe)[0]),
         train_dataset=train_ds,
         processing_class=tok,
         peft_config=build.lora_config(recipe, model),
@@ -172,8 +172,8 @@ def trl_trainer(out: Path, args, tuned: bool, callbacks: list):
         # (no max_length: TRL refuses one without packing), loss on the answers by TRL's own masks, fp32
         kit = kit_recipe(out, args, "tuned-settings")
         for key in ("lr_scheduler_type", "warmup_steps", "weight_decay", "logging_steps", "seed"):
-            if key in kit.sft:
-                common[key] = kit.sft[key]
+            if key in kit.trl:
+                common[key] = kit.trl[key]
         common.update(
             padding_free=True,
             max_length=None,

@@ -18,7 +18,7 @@ def test_bundled_recipes_load_and_round_trip(path, tmp_path):
 
 def test_kit_defaults_are_correct_and_fast():
     r = R.load_recipe({})
-    assert r.sft["assistant_only_loss"] is True and r.sft["padding_free"] is True
+    assert r.trl["assistant_only_loss"] is True and r.trl["padding_free"] is True
     assert r.model == "tiny" and r.world_size == 1
 
 
@@ -32,7 +32,7 @@ def test_a_recipe_is_resolved_once_and_cannot_change(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.learning_rate = 1.0
     with pytest.raises(TypeError):
-        r.sft["learning_rate"] = 1.0
+        r.trl["learning_rate"] = 1.0
     assert pickle.loads(pickle.dumps(r)) == r  # it travels to workers whole
     assert r.origin["learning_rate"] == "recipe file" and r.origin["output_root"] == "override"
     assert r.origin["padding_free"] == "kit default"
@@ -41,7 +41,7 @@ def test_a_recipe_is_resolved_once_and_cannot_change(tmp_path):
     assert rows["model"][0] == "recipe file" and "tiny" in rows["model"][1]
     changed = r.replace(gradient_accumulation_steps=4)
     assert (
-        changed.sft["gradient_accumulation_steps"] == 4
+        changed.trl["gradient_accumulation_steps"] == 4
         and changed.origin["gradient_accumulation_steps"] == "override"
     )
     assert changed.origin["learning_rate"] == "recipe file"
@@ -52,8 +52,8 @@ def test_notebook_recipe_merges_parameters_onto_the_recipe():
     r = R.notebook_recipe(
         "recipes/tiny_cpu.yaml", {"warmup_steps": 0}, run_name=None, max_steps=7, method=None
     )
-    assert r.sft["learning_rate"] == 2e-3 and r.sft["num_train_epochs"] == 2  # still the recipe's
-    assert r.sft["max_steps"] == 7 and r.sft["warmup_steps"] == 0 and r.method == "full"
+    assert r.trl["learning_rate"] == 2e-3 and r.trl["num_train_epochs"] == 2  # still the recipe's
+    assert r.trl["max_steps"] == 7 and r.trl["warmup_steps"] == 0 and r.method == "full"
     assert r.run_name.startswith("demo-") and r.run_name != "demo"  # a fresh folder each time
     named = R.notebook_recipe("recipes/tiny_cpu.yaml", {}, run_name="mine")
     assert named.run_name == "mine"
@@ -94,7 +94,7 @@ def test_bad_recipes_give_one_clear_error(tmp_path, text, match):
 def test_overrides_win_and_are_validated(tmp_path):
     p = write(tmp_path, "learning_rate: 1.0e-3\nrun_name: a\n")
     r = R.load_recipe(p, overrides={"learning_rate": 5e-4, "run_name": "b"})
-    assert r.sft["learning_rate"] == 5e-4 and r.run_dir.name == "b"
+    assert r.trl["learning_rate"] == 5e-4 and r.run_dir.name == "b"
     with pytest.raises(R.RecipeError, match="did you mean 'num_train_epochs'"):
         R.load_recipe(p, overrides={"num_train_epoch": 2})
 

@@ -69,11 +69,11 @@ def test_builders_one_by_one(tmp_path):
     assert lora.r == 4 and lora.lora_alpha == 32 and not lora.modules_to_save  # no new tokens here
     assert build.lora_config(make(tmp_path, "full"), model) is None
 
-    args, why = build.sft_args(recipe)
+    args, why = build.trl_args(recipe)
     assert args["use_cpu"] is True and args["bf16"] is False and args["assistant_only_loss"] is False
     assert args["max_length"] is None and args["output_dir"] == str(recipe.run_dir)
     assert {"use_cpu", "bf16", "assistant_only_loss", "max_length"} <= set(why)
-    zero3, why3 = build.sft_args(make(tmp_path, "z", distributed="zero3", nproc_per_node=2))
+    zero3, why3 = build.trl_args(make(tmp_path, "z", distributed="zero3", nproc_per_node=2))
     assert zero3["deepspeed"]["zero_optimization"]["stage"] == 3 and "deepspeed" in why3
     if not torch.cuda.is_available():  # a QLoRA recipe loads and plans anywhere; training it needs a GPU
         with pytest.raises(R.RecipeError, match="qlora .* needs a CUDA GPU"):

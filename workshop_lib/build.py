@@ -51,7 +51,7 @@ def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
     """
     from . import data
 
-    sft = recipe.sft
+    sft = recipe.trl
     cut = sft.get("max_length") if sft.get("padding_free") and not sft.get("packing") else None
 
     def prepare(found: list[dict]):
@@ -144,10 +144,10 @@ def lora_config(recipe: Recipe, model=None):
     return LoraConfig(task_type="CAUSAL_LM", **kwargs)
 
 
-def sft_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
+def trl_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
     """Keyword arguments for SFTConfig: the recipe's, plus what the kit decides for this device and run,
     each decision with its reason. Returns (kwargs, {key: why}) so notebook 03 can show both."""
-    args = dict(recipe.sft)
+    args = dict(recipe.trl)
     why: dict[str, str] = {}
 
     def decide(key: str, value: Any, reason: str, force: bool = True) -> None:
@@ -232,11 +232,11 @@ def _distribution(recipe: Recipe, args: dict, decide, gpu: bool) -> None:
         decide("deepspeed", config, f"DeepSpeed ZeRO stage {stage}; 'auto' values come from SFTConfig", False)
 
 
-def sft_config(recipe: Recipe):
+def trl_config(recipe: Recipe):
     """TRL's SFTConfig built from sft_args."""
     from trl import SFTConfig
 
-    return SFTConfig(**sft_args(recipe)[0])
+    return SFTConfig(**trl_args(recipe)[0])
 
 
 def callbacks(recipe: Recipe) -> list:

@@ -1,7 +1,8 @@
 """Recipes: one vocabulary for a training run, resolved and validated once, then passed around whole.
 
-A recipe is a YAML file. Its keys are TRL `SFTConfig` fields (learning_rate, num_train_epochs, ...), PEFT
-`LoraConfig` fields (r, lora_alpha, ...) and the kit's own keys, the fields of `Recipe` below. The same
+A recipe is a YAML file. Its keys are the fields of TRL's config for the recipe's trainer (`SFTConfig` for
+`trainer: sft`, `DPOConfig` for `trainer: dpo`: learning_rate, num_train_epochs, beta, ...), PEFT `LoraConfig`
+fields (r, lora_alpha, ...) and the kit's own keys, the fields of `Recipe` below. The same
 keys appear in notebook 03's `overrides`, in `-p key value` on the command line, in sweep grids and in the
 resolved recipe.yaml of a run folder. `load_recipe` turns a file plus overrides into a frozen `Recipe`:
 paths resolved, defaults filled, every key checked, so that what the workers and the run folder see is
@@ -24,15 +25,13 @@ import yaml
 
 from .paths import resolve, resolve_source
 
+TRAINERS = ("sft", "dpo")
 METHODS = ("full", "lora", "qlora")
 DISTRIBUTED = ("ddp", "fsdp", "zero2", "zero3")
 SYSTEM_PROMPT = ("keep", "merge")
 
-# The kit's defaults for SFTConfig, each with the reason a participant reads in notebook 03.
-SFT_DEFAULTS: dict[str, tuple[Any, str]] = {
-    "assistant_only_loss": (True, "train on the answers only: the prompt is given, not predicted"),
-    "padding_free": (True, "no pad tokens computed: conversations are concatenated (same loss, faster)"),
-    "learning_rate": (2e-5, "a safe rate for full fine-tuning of real models (LoRA takes ~1e-4)"),
+# The kit's defaults for TRL's config, each with the reason a participant reads in notebooks 03 and 06.
+_SHARED_DEFAULTS: dict[str, tuple[Any, str]] = {
     "num_train_epochs": (1, "one pass over the data"),
     "per_device_train_batch_size": (8, "conversations per process per step"),
     "gradient_accumulation_steps": (1, "raise it to grow the global batch without more memory"),
@@ -45,8 +44,21 @@ SFT_DEFAULTS: dict[str, tuple[Any, str]] = {
     "eval_strategy": ("epoch", "held-out loss after every epoch"),
     "report_to": ("none", "the kit writes metrics.jsonl itself"),
     "seed": (42, "the same data order and initialisation on every run"),
+}
+SFT_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "assistant_only_loss": (True, "train on the answers only: the prompt is given, not predicted"),
+    "padding_free": (True, "no pad tokens computed: conversations are concatenated (same loss, faster)"),
+    "learning_rate": (2e-5, "a safe rate for full fine-tuning of real models (LoRA takes ~1e-4)"),
+    **_SHARED_DEFAULTS,
     "max_length": (2048, "longer conversations are cut (notebook 02 shows how many)"),
 }
+DPO_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "beta": (0.1, "how far the policy may move from the reference model (higher: stay closer)"),
+    "learning_rate": (5e-7, "DPO moves a trained model a little: rates ~100x below SFT's (LoRA ~5e-6)"),
+    **_SHARED_DEFAULTS,
+    "max_length": (1024, "prompt plus answer, cut from the end (truncation_mode keep_start)"),
+}
+DEFAULTS = {"sft": SFT_DEFAULTS, "dpo": DPO_DEFAULTS}
 
 # Parameters notebook 03 declares; anything else goes through its `overrides` dict.
 NOTEBOOK_PARAMETERS = (
@@ -77,8 +89,9 @@ class RecipeError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """A resolved, validated recipe. Kit settings are attributes; `sft` and `lora` are the keyword
-    arguments for TRL's SFTConfig and PEFT's LoraConfig as the recipe gave them (kit defaults included)."""
+    """A resolved, validated recipe. Kit settings are attributes; `trl` and `lora` are the keyword
+    arguments for TRL's config (SFTConfig or DPOConfig, by `trainer`) and PEFT's LoraConfig as the recipe
+    gave them (kit defaults included)."""
 
     # --- what to train
     model: str = "tiny"  # 'tiny' (the kit's offline model), a local model folder or a hub id
@@ -91,6 +104,9 @@ class Recipe:
         "keep"  # keep | merge (into the first user turn, for templates without a system role)
     )
     # --- how
+    trainer: str = (
+        "sft"  # sft (SFTTrainer: learn the answers) | dpo (DPOTrainer: prefer chosen over rejected)
+    )
     method: str = "full"  # full | lora | qlora
     distributed: str = "ddp"  # ddp | fsdp | zero2 | zero3: how several processes share the work
     nproc_per_node: int = 1  # processes on this node (GPUs per node; on CPU, processes)
@@ -107,14 +123,15 @@ class Recipe:
     n_generate: int = 200  # held-out conversations answered for exact match before/after (0: skip)
     max_new_tokens: int = 32  # generation length for those answers
     # --- TRL and PEFT keyword arguments, and where each key came from
-    sft_items: tuple = ()
+    trl_items: tuple = ()
     lora_items: tuple = ()
     origin_items: tuple = ()  # (key, "recipe file" | "override" | "kit default")
     source: str = "recipe"
 
     @property
-    def sft(self) -> Mapping[str, Any]:
-        return types.MappingProxyType(dict(self.sft_items))
+    def trl(self) -> Mapping[str, Any]:
+        """Keyword arguments for TRL's SFTConfig or DPOConfig (by `trainer`)."""
+        return types.MappingProxyType(dict(self.trl_items))
 
     @property
     def lora(self) -> Mapping[str, Any]:
@@ -133,7 +150,7 @@ class Recipe:
         return self.nproc_per_node * self.nnodes
 
     def replace(self, **changes: Any) -> Recipe:
-        """A copy with kit fields or SFTConfig keys changed (re-validated; origins kept, changes marked)."""
+        """A copy with kit fields or TRL config keys changed (re-validated; origins kept, changes marked)."""
         new = load_recipe({**self.to_dict(), **changes}, name=self.source)
         origin = {**self.origin, **{k: "override" for k in changes}}
         return dataclasses.replace(new, origin_items=tuple(origin.items()))
@@ -141,7 +158,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as one flat dict: what a run folder records, and a valid recipe itself."""
         kit = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in KIT_FIELDS}
-        return {**kit, **self.sft, **self.lora}
+        return {**kit, **self.trl, **self.lora}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -154,7 +171,7 @@ class Recipe:
 KIT_FIELDS = tuple(
     f.name
     for f in dataclasses.fields(Recipe)
-    if f.name not in ("sft_items", "lora_items", "origin_items", "source")
+    if f.name not in ("trl_items", "lora_items", "origin_items", "source")
 )
 
 
@@ -170,10 +187,15 @@ def _field_docs() -> dict[str, str]:
     return docs
 
 
-def _sft_fields() -> dict[str, dataclasses.Field]:
-    from trl import SFTConfig
+def trl_config_class(trainer: str = "sft") -> type:
+    """TRL's config class for a trainer: SFTConfig or DPOConfig."""
+    import trl
 
-    return {f.name: f for f in dataclasses.fields(SFTConfig) if f.init}
+    return {"sft": trl.SFTConfig, "dpo": trl.DPOConfig}[trainer]
+
+
+def _trl_fields(trainer: str = "sft") -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(trl_config_class(trainer)) if f.init}
 
 
 def _lora_fields() -> dict[str, dataclasses.Field]:
@@ -276,29 +298,45 @@ def load_recipe(
         params[k] = v
         origin[k] = "override"
 
-    sft_fields, lora_fields = _sft_fields(), _lora_fields()
+    trainer = params.get("trainer", Recipe.trainer)
+    if trainer not in TRAINERS:
+        close = difflib.get_close_matches(str(trainer), TRAINERS, n=1)
+        raise RecipeError(
+            f"{label}: trainer: {trainer!r} is not one of {', '.join(TRAINERS)}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + "."
+        )
+    defaults = DEFAULTS[trainer]
+    trl_fields, lora_fields = _trl_fields(trainer), _lora_fields()
     hints = typing.get_type_hints(Recipe)
     kit: dict[str, Any] = {}
-    sft = {k: v for k, (v, _) in SFT_DEFAULTS.items()}
+    trl = {k: v for k, (v, _) in defaults.items()}
     lora: dict[str, Any] = {}
     for key, value in params.items():
         if key in KIT_FIELDS:
             kit[key] = (
                 value if key in ("train_file", "eval_file") else _check_type(key, value, hints[key], label)
             )
-        elif key in sft_fields:
-            sft[key] = _check_type(key, value, sft_fields[key].type, label)
+        elif key in trl_fields:
+            trl[key] = _check_type(key, value, trl_fields[key].type, label)
         elif key in lora_fields:
             lora[key] = _check_type(key, value, lora_fields[key].type, label)
         else:
-            close = difflib.get_close_matches(key, [*KIT_FIELDS, *sft_fields, *lora_fields], n=1, cutoff=0.6)
+            other = next(t for t in TRAINERS if t != trainer)
+            config = trl_config_class(trainer).__name__
+            if key in _trl_fields(other):
+                raise RecipeError(
+                    f"{label}: {key!r} is a {trl_config_class(other).__name__} key, but this recipe has trainer: "
+                    f"{trainer} ({config}). Remove it, or set trainer: {other}."
+                )
+            close = difflib.get_close_matches(key, [*KIT_FIELDS, *trl_fields, *lora_fields], n=1, cutoff=0.6)
             hint = (
                 f"did you mean {close[0]!r}?"
                 if close
-                else "keys are the kit's (Recipe), SFTConfig's or LoraConfig's"
+                else f"keys are the kit's (Recipe), {config}'s or LoraConfig's"
             )
             raise RecipeError(f"{label}: unknown key {key!r}: {hint}")
-    for k in SFT_DEFAULTS:
+    for k in defaults:
         origin.setdefault(k, "kit default")
 
     # kit keys: allowed values
@@ -331,7 +369,7 @@ def load_recipe(
 
     recipe = Recipe(
         **kit,
-        sft_items=tuple(sft.items()),
+        trl_items=tuple(trl.items()),
         lora_items=tuple(lora.items()),
         origin_items=tuple(origin.items()),
         source=label,
@@ -356,7 +394,7 @@ def _check_combinations(r: Recipe, label: str) -> None:
         raise RecipeError(
             f"{label}: LoRA keys {sorted(r.lora)} are set but method is full: set method: lora, or remove them."
         )
-    sft = r.sft
+    sft = r.trl
     if sft.get("packing") and sft.get("padding_free") and sft.get("packing_strategy", "bfd") == "wrapped":
         raise RecipeError(
             f"{label}: packing_strategy wrapped cannot be padding_free (it mixes conversations): use bfd."
@@ -402,7 +440,7 @@ def stray_parameters(namespace: Mapping[str, Any]) -> None:
         for k in namespace
         if not k.startswith("_")
         and k not in NOTEBOOK_PARAMETERS
-        and (k in KIT_FIELDS or k in _sft_fields() or k in _lora_fields())
+        and (k in KIT_FIELDS or any(k in _trl_fields(t) for t in TRAINERS) or k in _lora_fields())
     )
     if stray:
         raise RecipeError(
@@ -414,7 +452,7 @@ def stray_parameters(namespace: Mapping[str, Any]) -> None:
 def explain(recipe: Recipe) -> list[tuple[str, Any, str, str]]:
     """Rows (key, value, from, why) for every key of the recipe: what notebook 03 shows first."""
     docs = _field_docs()
-    reasons = {k: why for k, (_, why) in SFT_DEFAULTS.items()}
+    reasons = {k: why for k, (_, why) in DEFAULTS[recipe.trainer].items()}
     rows = []
     for key, value in recipe.to_dict().items():
         source = recipe.origin.get(key, "kit default")

@@ -91,7 +91,7 @@ def _same_global_batch(recipe: Recipe, recorded: dict[str, Any]) -> Recipe:
     old_world = int(recorded.get("nproc_per_node", 1)) * int(recorded.get("nnodes", 1))
     if old_world == recipe.world_size:
         return recipe
-    sft = recipe.sft
+    sft = recipe.trl
     per_device = int(sft["per_device_train_batch_size"])
     old_accum = int(recorded.get("gradient_accumulation_steps", sft["gradient_accumulation_steps"]))
     global_batch = per_device * old_accum * old_world

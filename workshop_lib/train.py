@@ -83,7 +83,7 @@ def run(recipe: Recipe) -> TrainResult:
         or not recipe.n_generate
     ):
         return result
-    rows = build.rows(recipe.eval_file, int(recipe.sft.get("seed", 0)))
+    rows = build.rows(recipe.eval_file, int(recipe.trl.get("seed", 0)))
     scores = scoring.from_run_folder(recipe, rows)
     record_scores(recipe, result, scores["before"], scores["after"])
     print(

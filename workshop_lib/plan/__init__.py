@@ -71,7 +71,7 @@ def _kit(recipe: Any, key: str) -> Any:
 
 def training_plan(recipe: Any, n_conversations: int, n_tokens: int, n_trained_tokens: int) -> dict[str, Any]:
     """World size, effective batch, optimizer steps and tokens for a recipe and a tokenized dataset."""
-    sft = recipe.sft
+    sft = recipe.trl
     world = recipe.world_size
     micro = int(sft.get("per_device_train_batch_size", 8))
     accum = int(sft.get("gradient_accumulation_steps", 1))
@@ -107,7 +107,7 @@ def format_plan(plan: dict[str, Any]) -> str:
 
 def recipe_settings(recipe: Any) -> dict[str, Any]:
     """The estimate_memory keywords a recipe implies, with the kit's defaults for a GPU job."""
-    sft = recipe.sft
+    sft = recipe.trl
     ckpt = sft.get("activation_checkpointing", sft.get("gradient_checkpointing"))
     ds = sft.get("deepspeed") if isinstance(sft.get("deepspeed"), dict) else {}
     bucket = (ds.get("zero_optimization") or {}).get("reduce_bucket_size")

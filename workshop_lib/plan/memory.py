@@ -2,7 +2,7 @@
 
 Per GPU, in bytes. N parameters of the base model, T trainable (N for full fine-tuning, the adapter for
 LoRA), W processes, b = 2 for bf16/fp16 runs and 4 for fp32 runs. Each rule follows what the kit's stack
-does (train.load_model, train.sft_config); benchmarks/planner_check.py measures them.
+does (train.load_model, build.trl_config); benchmarks/planner_check.py measures them.
 
   DDP (and one process): the kit loads the model in bf16 on GPUs and the Trainer's torch AdamW keeps its
       states in the parameters' dtype:  weights b*N, gradients b*T, optimizer 2*b*T (m and v).
