@@ -282,6 +282,8 @@ def test_a_failing_worker_fails_with_its_traceback():
 
 
 def test_cuda_in_the_parent_is_refused_before_forking(monkeypatch):
+    # the kit spawns in this case (test_lumi.py); forking is refused only when asked for
+    monkeypatch.setenv(launch.START_METHOD_ENV, "fork")
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with pytest.raises(launch.LaunchError, match="CUDA was initialised"):
         launch.run(_fails_on_rank_one, nproc_per_node=2)

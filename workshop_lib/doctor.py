@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 import shutil
 import socket
@@ -72,17 +73,17 @@ def check_stack() -> list[Line]:
 
 
 def check_gpus() -> list[Line]:
+    """GPUs and torch's backend, counted without initialising a GPU runtime in this process (a notebook
+    launches workers later): NVIDIA through NVML (see __init__), AMD through amd-smi / rocm-smi."""
     try:
         import torch
     except ImportError:
         return [Line("FAIL", "GPUs", "torch is not installed")]
-    backend = (
-        "ROCm " + torch.version.hip
-        if getattr(torch.version, "hip", None)
-        else ("CUDA " + torch.version.cuda if torch.version.cuda else "CPU-only build")
-    )
-    # count without initialising CUDA in this process (a notebook launches forked workers later)
-    n = torch.cuda.device_count()
+    hip = getattr(torch.version, "hip", None)
+    if hip or (not torch.version.cuda and (shutil.which("amd-smi") or shutil.which("rocm-smi"))):
+        return check_amd_gpus(hip)
+    backend = "CUDA " + torch.version.cuda if torch.version.cuda else "CPU-only build"
+    n = torch.cuda.device_count()  # NVML answers (PYTORCH_NVML_BASED_CUDA_CHECK): CUDA stays uninitialised
     if n == 0:
         return [
             Line(
@@ -101,6 +102,116 @@ def check_gpus() -> list[Line]:
             lines.append(Line("PASS", f"GPU {i}", row.strip()))
     except (OSError, subprocess.TimeoutExpired):
         pass
+    return lines
+
+
+# ----------------------------------------------------------------------------- AMD GPUs (LUMI)
+@dataclass
+class Gpu:
+    name: str
+    memory_gib: float | None  # None: the tool did not say
+
+
+_BYTES = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}  # amd-smi's MB are MiB (MI250X GCD: 65520 MB)
+
+
+def parse_rocm_smi(text: str) -> list[Gpu]:
+    """`rocm-smi --showproductname --showmeminfo vram --json`: {"card0": {"Card Series": ..., "VRAM Total
+    Memory (B)": "68702699520", ...}, ...}. ROCm 5 writes "Card series", ROCm 6 "Card Series"; other top-level
+    keys ("system") are not GPUs."""
+    data = json.loads(text)
+    cards = sorted((k for k in data if k.startswith("card") and k[4:].isdigit()), key=lambda k: int(k[4:]))
+    gpus = []
+    for card in cards:
+        fields = {k.lower(): v for k, v in data[card].items()}
+        name = fields.get("card series") or fields.get("card model") or "AMD GPU"
+        size = str(fields.get("vram total memory (b)", ""))
+        gpus.append(Gpu(str(name), int(size) / 2**30 if size.isdigit() else None))
+    return gpus
+
+
+def _amd_smi_bytes(size) -> int | None:
+    """vram size as amd-smi writes it: {"value": 65520, "unit": "MB"} (newer) or "65520 MB" (older)."""
+    if isinstance(size, dict):
+        value, unit = size.get("value"), size.get("unit", "B")
+    elif isinstance(size, str) and len(size.split()) == 2:
+        value, unit = size.split()
+    else:
+        return None
+    try:
+        return int(float(value) * _BYTES[str(unit).upper()])
+    except (KeyError, TypeError, ValueError):
+        return None  # "N/A"
+
+
+def parse_amd_smi(text: str) -> list[Gpu]:
+    """`amd-smi static --asic --vram --json` or `amd-smi list --json`: a list with one object per GPU (ROCm 6.0
+    to 6.3), or {"gpu_data": [...]} (newer amd-smi). The name is asic.market_name (list gives only the bus)."""
+    data = json.loads(text)
+    if isinstance(data, dict):
+        data = data.get("gpu_data", [])
+    gpus = []
+    for item in data:
+        name = (item.get("asic") or {}).get("market_name")
+        if not name:
+            name = f"AMD GPU at {item['bdf']}" if item.get("bdf") else "AMD GPU"
+        size = _amd_smi_bytes((item.get("vram") or {}).get("size"))
+        gpus.append(Gpu(str(name), size / 2**30 if size else None))
+    return gpus
+
+
+AMD_TOOLS = (
+    (["amd-smi", "static", "--asic", "--vram", "--json"], parse_amd_smi),
+    (["rocm-smi", "--showproductname", "--showmeminfo", "vram", "--json"], parse_rocm_smi),
+)
+
+
+def amd_gpus() -> tuple[list[Gpu], str]:
+    """This node's AMD GPUs from the first tool that answers (amd-smi, then the older rocm-smi), run as a
+    subprocess so that HIP is never initialised here; ([], why) when none answers."""
+    tried = []
+    for cmd, parse in AMD_TOOLS:
+        if not shutil.which(cmd[0]):
+            tried.append(f"{cmd[0]} not found")
+            continue
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            gpus = parse(out.stdout) if out.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired, ValueError, AttributeError, KeyError):
+            gpus = None
+        if gpus:
+            return gpus, " ".join(cmd[:2])
+        tried.append(f"{cmd[0]} found no GPU" if gpus == [] else f"{cmd[0]} failed")
+    return [], "; ".join(tried)
+
+
+def check_amd_gpus(hip: str | None) -> list[Line]:
+    """AMD GPUs for a ROCm build of torch (or a CPU build on a node that has them: the wrong torch)."""
+    gpus, source = amd_gpus()
+    if not hip:
+        return [
+            Line(
+                "FAIL",
+                "GPUs",
+                f"{len(gpus)} AMD GPU(s) here ({source}) but torch is a CPU-only build: training would run on the "
+                "CPU. Use LUMI's PyTorch container with a venv on top (slurm/setup_env.sh lumi)",
+            )
+        ]
+    if not gpus:
+        return [
+            Line(
+                "WARN",
+                "GPUs",
+                f"none found (ROCm {hip}; {source}): expected on a login node; in a job ask for GPUs "
+                "(--gpus-per-node, as the lumi profile does)",
+            )
+        ]
+    visible = os.environ.get("ROCR_VISIBLE_DEVICES") or os.environ.get("HIP_VISIBLE_DEVICES")
+    seen = f"; this job sees {visible}" if visible else ""
+    lines = [Line("PASS", "GPUs", f"{len(gpus)} AMD GPU(s) on this node ({source}), ROCm {hip}{seen}")]
+    for i, gpu in enumerate(gpus):
+        memory = f", {gpu.memory_gib:.0f} GiB" if gpu.memory_gib else ""
+        lines.append(Line("PASS", f"GPU {i}", f"{gpu.name}{memory}"))
     return lines
 
 

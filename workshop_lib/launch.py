@@ -5,6 +5,11 @@ each of `nnodes` nodes, and all of them join one torch.distributed group. In a S
 node runs the same notebook (one papermill per node); node rank, master address and port come
 from the SLURM environment. (accelerate's notebook_launcher runs nothing distributed with one
 process per node, so the kit uses torch's launcher directly.)
+
+Workers are forked where that is safe (they inherit the notebook's prepared data for free) and spawned
+where it is not (ROCm builds of torch, a GPU runtime already initialised here): `start_method()` decides
+and says why; WORKSHOP_START_METHOD=fork|spawn overrides it. On a cluster node each worker can bind
+itself to the CPU cores closest to its GPU (WORKSHOP_CPU_BIND, from the profile's cpu_bind_masks).
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
+
+START_METHOD_ENV = "WORKSHOP_START_METHOD"  # fork | spawn: overrides the kit's choice
+CPU_BIND_ENV = "WORKSHOP_CPU_BIND"  # hex core masks, one per local rank in GPU order (the job script sets it)
 
 
 class LaunchError(RuntimeError):
@@ -107,10 +115,94 @@ def assert_cuda_untouched() -> None:
 
     if torch.cuda.is_initialized():
         raise LaunchError(
-            "CUDA was initialised in this process (the notebook kernel) before launching workers: forked workers "
-            "cannot use it. Restart the kernel and launch before anything touches the GPU (no .cuda(), "
-            "torch.cuda.device_count() is fine only via the launcher)."
+            f"CUDA was initialised in this process (the notebook kernel) before launching workers, and "
+            f"{START_METHOD_ENV}=fork asks to fork them: forked workers cannot use it. Unset {START_METHOD_ENV} "
+            "(the kit then spawns the workers), or restart the kernel and launch before anything touches the GPU."
         )
+
+
+class StartMethod(NamedTuple):
+    """How the workers start (fork or spawn) and the reason, printed once per launch."""
+
+    name: str
+    reason: str
+
+
+def start_method() -> StartMethod:
+    """fork where it is safe, spawn where it is not; WORKSHOP_START_METHOD=fork|spawn decides instead.
+
+    fork is cheap (no imports repeated) and the workers inherit the notebook's prepared data. It is unsafe
+    once a GPU runtime lives in this process: CUDA refuses forked children, and on ROCm builds HIP may be
+    initialised without torch knowing (torch.cuda.device_count() falls back to hipGetDeviceCount when the
+    amdsmi package is missing), so ROCm builds always spawn."""
+    import torch
+
+    forced = os.environ.get(START_METHOD_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("fork", "spawn"):
+            raise LaunchError(
+                f"{START_METHOD_ENV}={forced!r}: use fork or spawn, or unset it to let the kit choose"
+            )
+        return StartMethod(forced, f"{START_METHOD_ENV}={forced} is set")
+    if getattr(torch.version, "hip", None):
+        return StartMethod(
+            "spawn",
+            f"torch is a ROCm build (HIP {torch.version.hip}): a forked worker may inherit an initialised HIP runtime",
+        )
+    if torch.cuda.is_initialized():
+        return StartMethod("spawn", "CUDA is initialised in this process: forked workers could not use it")
+    return StartMethod("fork", "no GPU runtime initialised here: forked workers inherit the prepared data")
+
+
+def parse_cpu_masks(text: str) -> list[set[int]]:
+    """'0xfe,fe00' -> [{1..7}, {9..15}]: one set of cores per local rank (hex masks as srun's mask_cpu)."""
+    masks = []
+    for i, part in enumerate(p.strip() for p in text.split(",")):
+        try:
+            bits = int(part, 16)
+        except ValueError:
+            raise LaunchError(
+                f"{CPU_BIND_ENV}: mask {i} {part!r} is not hexadecimal: give one mask per local rank, e.g. "
+                "0xfe,0xfe00 (the profile's cpu_bind_masks)"
+            ) from None
+        masks.append({c for c in range(bits.bit_length()) if bits >> c & 1})
+    return masks
+
+
+def cpu_binding(nproc: int) -> list[set[int]] | None:
+    """The cores each local rank binds to, from WORKSHOP_CPU_BIND (None: no binding). Cores this process
+    may not use (outside the job's allocation) are dropped; a rank left with none is an error."""
+    text = os.environ.get(CPU_BIND_ENV, "").strip()
+    if not text:
+        return None
+    masks = parse_cpu_masks(text)
+    if len(masks) < nproc:
+        raise LaunchError(
+            f"{CPU_BIND_ENV} has {len(masks)} mask(s) for {nproc} local workers: give one per GPU (the profile's "
+            "cpu_bind_masks) or unset it"
+        )
+    allowed = os.sched_getaffinity(0)
+    binding = [m & allowed for m in masks[:nproc]]
+    for rank, cores in enumerate(binding):
+        if not cores:
+            raise LaunchError(
+                f"{CPU_BIND_ENV}: local rank {rank}'s mask {sorted(masks[rank])} has no core this job may use "
+                f"(allowed: {_ranges(allowed)}): ask for the whole node (--exclusive) or fix cpu_bind_masks"
+            )
+    return binding
+
+
+def _ranges(cores: set[int]) -> str:
+    """{1, 2, 3, 9} -> '1-3,9'."""
+    out, run = [], []
+    for c in sorted(cores):
+        if run and c != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(c)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
 
 
 def _threads_per_worker(nproc: int) -> int:
@@ -129,8 +221,12 @@ def _die_with_parent() -> None:
         pass  # not Linux: the launcher's own teardown still stops them
 
 
-def _worker(fn: Callable, args: tuple, threads: int, quiet: bool) -> Any:
+def _worker(fn: Callable, args: tuple, threads: int, quiet: bool, binding: list | None = None) -> Any:
     _die_with_parent()
+    if binding:  # the cores closest to this rank's GPU (LUMI-G: 7 per GCD); its threads stay on them
+        cores = binding[int(os.environ.get("LOCAL_RANK", 0))]
+        os.sched_setaffinity(0, cores)
+        threads = len(cores)
     # pin threads: P workers x all cores each would oversubscribe the CPU (measured 13x slower)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -172,11 +268,13 @@ def run(
     quiet_ranks: bool = True,
     rdzv_timeout_s: int = 300,
     failure_dir: str | os.PathLike | None = None,
+    start: StartMethod | None = None,
 ) -> dict[int, Any]:
     """Run fn(*args) on every worker and return {global rank: result} for this node's workers.
 
     nproc_per_node=1 and nnodes=1: fn runs here, in-process (no process group), returns {0: result}.
-    Otherwise torch's elastic launcher forks the workers; they find each other through a static
+    Otherwise torch's elastic launcher starts the workers (start: fork or spawn, default start_method();
+    spawned workers need fn and args picklable, fn importable); they find each other through a static
     rendezvous at master_addr:master_port. A failing worker raises LaunchError with its traceback.
     failure_dir (default: $WORKSHOP_FAILURE_DIR, set by the Slurm job): where each failed rank's record
     goes (time, exception or signal), for `failure-report`.
@@ -184,7 +282,14 @@ def run(
     top = topology(nnodes, nproc_per_node, node_rank, master_addr, master_port)
     if top.world_size == 1:
         return {0: fn(*args)}
-    assert_cuda_untouched()
+    start = start or start_method()
+    if start.name == "fork":
+        assert_cuda_untouched()
+    binding = cpu_binding(top.nproc_per_node)
+    print(f"launch: {top.nproc_per_node} worker(s) on this node start with {start.name}: {start.reason}")
+    if binding:
+        cores = ", ".join(f"{r}: {_ranges(c)}" for r, c in enumerate(binding))
+        print(f"launch: CPU binding ({CPU_BIND_ENV}), local rank: cores -> {cores}")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -198,7 +303,7 @@ def run(
         rdzv_configs={"rank": top.node_rank, "timeout": rdzv_timeout_s},
         max_restarts=0,
         monitor_interval=0.5,
-        start_method="fork",
+        start_method=start.name,
     )
     threads = _threads_per_worker(top.nproc_per_node)
     from . import failures
@@ -207,7 +312,7 @@ def run(
     # torch elastic reports only the first failed worker it polls: a watcher records every worker's death
     watcher = failures.ExitWatcher(failure_dir, top.node_rank) if failure_dir else None
     try:
-        results = elastic_launch(config, _recorded)((fn, args, threads, quiet_ranks), failure_dir)
+        results = elastic_launch(config, _recorded)((fn, args, threads, quiet_ranks, binding), failure_dir)
     except ChildFailedError as e:
         if failure_dir:  # at once: the job may kill this node soon after another node fails
             for rank, f in e.failures.items():

@@ -9,6 +9,11 @@ load (unknown keys, wrong types), the run folder is not an existing run (unless 
 after -p come in pairs, the partition exists, has GPUs if the profile asks for them, and enough nodes.
 Each job (or array task) gets one recipe file in its job folder: the recipe merged with the overrides
 and its sweep values. --dry-run shows the job script and the sbatch command, and writes nothing.
+
+The job runs the notebook of the recipe's trainer (sft: 03, dpo: 06). A profile's `torch` key picks how
+the job finds torch: pip (a plain venv), module, or container (python runs in a Singularity image); with
+`routes:` each choice brings its own modules and image (slurm/profiles/lumi.yaml). GPU-to-CPU binding
+(cpu_bind_masks) and a per-job MIOpen cache (miopen_cache) are profile keys too.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .recipe import RecipeError, load_recipe, read_yaml
 PROFILES_DIR = REPO_ROOT / "slurm" / "profiles"
 TEMPLATE = REPO_ROOT / "slurm" / "train.sbatch"
 LAUNCHERS = ("papermill", "python")
+NOTEBOOKS = {"sft": "notebooks/03_train.ipynb", "dpo": "notebooks/06_preference_tuning.ipynb"}  # by trainer
 
 
 class SubmitError(ValueError):
@@ -140,19 +146,78 @@ def check_partition(profile: dict, nodes: int, sbatch_args: list[str]) -> list[s
 
 
 # ----------------------------------------------------------------------------- the job
+def route(profile: dict) -> dict:
+    """The profile's way to torch, by its `torch` key: {"torch", "modules", "image"}. A `routes:` entry named
+    like the `torch` value adds its modules and image (LUMI: container | module); a plain `container:` path
+    is the image of profiles without routes."""
+    torch = profile.get("torch") or "pip"
+    routes = profile.get("routes") or {}
+    if routes and torch not in routes:
+        raise SubmitError(
+            f"{profile['_path']}: torch: {torch!r} has no entry under routes: (it has {', '.join(routes)}): "
+            "set torch: to one of them"
+        )
+    chosen = routes.get(torch) or {}
+    image = chosen.get("image") or (
+        profile.get("container") if isinstance(profile.get("container"), str) else None
+    )
+    return {
+        "torch": torch,
+        "modules": [*(profile.get("modules") or []), *(chosen.get("modules") or [])],
+        "image": image,
+    }
+
+
+def _module_line(entry: str) -> str:
+    """'LUMI' -> module load LUMI; 'use /path' and 'purge' are module's own subcommands."""
+    word = entry.split()[0]
+    return f"module {entry}" if word in ("use", "unuse", "purge") else f"module load {entry}"
+
+
 def _setup_lines(profile: dict) -> str:
-    lines = [f"module load {m}" for m in profile.get("modules") or []]
+    way = route(profile)
+    lines = [f"# from {profile['_path']} (its comments say why)"]
+    if profile.get("routes"):
+        others = ", ".join(r for r in profile["routes"] if r != way["torch"])
+        lines.append(f"# route torch: {way['torch']} (the profile's torch key; the other: {others})")
+    lines += [_module_line(m) for m in way["modules"]]
+    if way["image"] == "$SIF":
+        lines.append(': "${SIF:?is not set: the modules above should set it (routes: in the profile)}"')
+    elif way["image"]:
+        lines.append(
+            f"SIF={shlex.quote(way['image'])}  # python runs in this container, the kit's venv on top"
+        )
     for k, v in (profile.get("env") or {}).items():
         lines.append(f"export {k}={shlex.quote(str(v))}")
+    if profile.get("miopen_cache"):
+        base = str(profile["miopen_cache"]).rstrip("/")
+        lines += [
+            "# MIOpen's kernel database per job in the node's /tmp (each node's task creates it and removes it)",
+            f'export MIOPEN_USER_DB_PATH="{base}/db"',
+            f'export MIOPEN_CUSTOM_CACHE_DIR="{base}/cache"',
+        ]
+    if profile.get("cpu_bind_masks"):
+        from .launch import CPU_BIND_ENV
+
+        masks = ",".join(str(m) for m in profile["cpu_bind_masks"])
+        lines += [
+            "# each worker binds to the cores next to its GPU: mask i for local rank i (launch.py)",
+            f"export {CPU_BIND_ENV}={masks}",
+        ]
     return "\n".join(lines) or "true"
 
 
 def _python(profile: dict) -> str:
     venv = Path(profile.get("venv") or ".venv")
     python = str(venv if venv.is_absolute() else REPO_ROOT / venv) + "/bin/python"
-    if profile.get("container"):
-        python = f"singularity exec --bind {REPO_ROOT} {profile['container']} {python}"
+    if route(profile)["image"]:
+        python = f"singularity exec --bind {REPO_ROOT} $SIF {python}"  # SIF: set in the setup lines
     return python
+
+
+def notebook_for(trainer: str) -> str:
+    """The notebook a job runs for a recipe's trainer (papermill launcher)."""
+    return NOTEBOOKS[trainer]
 
 
 @dataclass
@@ -207,6 +272,7 @@ def render(profile: dict, fields: dict[str, str], n_tasks: int = 0) -> str:
         "SETUP": _setup_lines(profile),
         "PYTHON": _python(profile),
     }
+    fields.setdefault("NOTEBOOK", NOTEBOOKS["sft"])
     text = TEMPLATE.read_text()
     for k, v in fields.items():
         text = text.replace(f"@@{k}@@", v)
@@ -258,12 +324,12 @@ def prepare(
     run_name = run_name or load_recipe({**base, **job}, name=str(recipe_path)).run_name
     out_root = resolve(output_root)
     names = [f"{run_name}-{i}" for i in range(len(tasks))] if sweep else [run_name]
-    recipes = {}
+    recipes, trainers = {}, set()
     for i, task in enumerate(tasks):
         merged = {**base, **job, **task}
         label = f"{recipe_path} + overrides" + (f" + sweep task {i} {task}" if sweep else "")
-        try:
-            load_recipe(merged, name=label)  # unknown keys, types, combinations: before anything is queued
+        try:  # unknown keys, types, combinations: before anything is queued
+            trainers.add(load_recipe(merged, name=label).trainer)
         except RecipeError as e:
             raise SubmitError(str(e)) from None
         if (out_root / names[i] / "recipe.yaml").exists() and not resume:
@@ -272,7 +338,10 @@ def prepare(
                 "another --name (a run is never overwritten)."
             )
         recipes[f"task-{i}.yaml" if sweep else "recipe.yaml"] = merged
-    warnings = check_partition(profile, nodes, sbatch_args or [])
+    notebook = _notebook(trainers, launcher, str(sweep_path or recipe_path))
+    warnings = check_partition(profile, nodes, sbatch_args or []) + _image_warnings(
+        profile, sbatch_args or []
+    )
     job_dir = out_root / ".jobs" / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     log_dir = out_root / "logs"
     log_file = log_dir / ("%x-%A_%a.out" if sweep else "%x-%j.out")
@@ -282,12 +351,44 @@ def prepare(
         "LOG_FILE": str(log_file),
         "LOG_DIR": str(log_dir),
         "LAUNCHER": launcher,
+        "NOTEBOOK": notebook,
         "JOB_DIR": str(job_dir),
         "OUTPUT_ROOT": str(out_root),
         "RUN_NAME": run_name,
     }
     script = render(profile, fields, len(tasks) if sweep else 0)
     return Job(script, recipes, job_dir, run_name, names, out_root, log_dir, bool(sweep), warnings)
+
+
+def _notebook(trainers: set[str], launcher: str, source: str) -> str:
+    """The one notebook every task of the job runs; refused when it is missing (the job would fail)."""
+    if len(trainers) > 1:
+        raise SubmitError(
+            f"{source}: the sweep's tasks use trainers {sorted(trainers)}: one job runs one notebook, so sweep "
+            "over one trainer per job (submit the sft and the dpo sweeps separately)"
+        )
+    notebook = notebook_for(trainers.pop())
+    if launcher == "papermill" and not (REPO_ROOT / notebook).exists():
+        raise SubmitError(
+            f"{notebook} (the notebook of this recipe's trainer) does not exist in {REPO_ROOT}: update the kit, "
+            "or pass --launcher python to train without a notebook"
+        )
+    return notebook
+
+
+def _image_warnings(profile: dict, sbatch_args: list[str]) -> list[str]:
+    """A container image that is not there, said only on the profile's own cluster (sinfo knows its
+    partition): a dry run elsewhere is expected to miss the cluster's paths."""
+    image = route(profile)["image"]
+    if not image or "$" in image or Path(image).exists():
+        return []
+    partition = _sbatch_option(sbatch_args, "--partition", "-p") or profile.get("partition")
+    if not (partition_info(partition) or {}).get("nodes"):
+        return []
+    return [
+        f"warning: container image {image} does not exist: set routes: {route(profile)['torch']}: image: in "
+        f"{profile['_path']} (LUMI: ls /appl/local/laifs/containers/)"
+    ]
 
 
 def submit(job: Job, sbatch_args: list[str] | None = None) -> str:

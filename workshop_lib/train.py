@@ -10,8 +10,10 @@ command runs for batch jobs that need no executed notebook:
 from __future__ import annotations
 
 import functools
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from . import launch, progress, runfolder, worker
 from .recipe import Recipe
@@ -28,31 +30,73 @@ def launch_workers(
 ) -> TrainResult:
     """Train on every worker of this node (the run folder is prepared already) and record the try.
 
-    prepared: (tokenizer, train_ds, eval_ds) built already; forked workers inherit them. Returns rank 0's
-    result (on other nodes, this node's first worker's), with every local rank's in `.ranks`.
+    prepared: (tokenizer, train_ds, eval_ds) built already. Forked workers inherit them; spawned workers
+    (launch.start_method: ROCm, or a GPU runtime already initialised here) load them from the run folder,
+    where they are saved once. Returns rank 0's result (on other nodes, this node's first worker's), with
+    every local rank's in `.ranks`.
     """
-    if recipe.world_size > 1 and prepared is None:  # tokenize once here; forked workers inherit the data
+    if recipe.world_size > 1 and prepared is None:  # tokenize once here, not once per worker
         from . import build
 
         tokenizer, _ = build.tokenizer(recipe)
         prepared = (tokenizer, *build.datasets(recipe, tokenizer)[:2])
+    start = launch.start_method() if recipe.world_size > 1 else None
+    saved = None
     if recipe.world_size == 1:
         fn = functools.partial(worker.train, recipe, prepared)
-    else:
+    elif start.name == "fork":
         fn = functools.partial(worker.logged_train, recipe, str(recipe.run_dir / "logs"), prepared)
-    with progress.follow(recipe.run_dir, plot=plot):
-        results = launch.run(
-            fn,
-            nproc_per_node=recipe.nproc_per_node,
-            nnodes=recipe.nnodes,
-            node_rank=recipe.node_rank,
-            master_addr=recipe.master_addr,
-            master_port=recipe.master_port,
-        )
+    else:
+        saved = save_prepared(recipe, prepared)
+        fn = functools.partial(train_saved, recipe, str(recipe.run_dir / "logs"), prepared[0], str(saved))
+    try:
+        with progress.follow(recipe.run_dir, plot=plot):
+            results = launch.run(
+                fn,
+                nproc_per_node=recipe.nproc_per_node,
+                nnodes=recipe.nnodes,
+                node_rank=recipe.node_rank,
+                master_addr=recipe.master_addr,
+                master_port=recipe.master_port,
+                start=start,
+            )
+    finally:
+        if saved:
+            shutil.rmtree(saved, ignore_errors=True)
     first = results[min(results)]
     first.ranks = results
     record(recipe, first)
     return first
+
+
+def save_prepared(recipe: Recipe, prepared: tuple) -> Path:
+    """Save the prepared datasets once for spawned workers: <run>/.prepared-node<N>/{train,eval}.
+    Each worker memory-maps them (Dataset.load_from_disk): one copy in the page cache for all workers, not
+    one pickled copy per worker; the folder is removed when the workers end."""
+    import datasets
+
+    _, train_ds, eval_ds = prepared
+    folder = recipe.run_dir / f".prepared-node{launch.this_node_rank(recipe.nnodes, recipe.node_rank)}"
+    shutil.rmtree(folder, ignore_errors=True)  # a leftover of a killed try
+    bars = not datasets.utils.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # a saving bar per dataset would only clutter the notebook
+    try:
+        train_ds.save_to_disk(str(folder / "train"))
+        if eval_ds is not None:
+            eval_ds.save_to_disk(str(folder / "eval"))
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    return folder
+
+
+def train_saved(recipe: Recipe, log_dir: str, tokenizer, folder: str) -> TrainResult:
+    """Entry point of a spawned worker: the datasets save_prepared wrote, then worker.logged_train."""
+    from datasets import load_from_disk
+
+    train_ds = load_from_disk(str(Path(folder) / "train"))
+    eval_ds = load_from_disk(str(Path(folder) / "eval")) if (Path(folder) / "eval").exists() else None
+    return worker.logged_train(recipe, log_dir, (tokenizer, train_ds, eval_ds))
 
 
 def record(recipe: Recipe, result: TrainResult) -> None:
