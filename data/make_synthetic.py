@@ -13,7 +13,15 @@ colour, place), and asks which word is of a category, or how many words there ar
 Half of the conversations have one or two follow-up questions about the same list ("And the
 fruit?": the model must look back over earlier turns) and a third start with a system prompt.
 
-    python data/make_synthetic.py            # writes data/synthetic/{train,eval}.jsonl
+Preference pairs for DPO (notebook 06) are made from the same conversations: the prompt is a
+conversation up to its last question, "chosen" the right answer and "rejected" a plausible wrong one
+(another word from the list, or a count off by one). Held-out pairs come from the held-out lists.
+
+    {"prompt": [..., {"role": "user", "content": "And the fruit?"}],
+     "chosen": [{"role": "assistant", "content": "The fruit is plum."}],
+     "rejected": [{"role": "assistant", "content": "The fruit is wolf."}]}
+
+    python data/make_synthetic.py   # writes data/synthetic/{train,eval}.jsonl and {pairs_train,pairs_eval}.jsonl
 """
 
 from __future__ import annotations
@@ -73,6 +81,20 @@ def conversation(rng: random.Random, items: dict[str, str]) -> dict:
     return {"messages": messages}
 
 
+def draw_lists(rng: random.Random, n: int, unique: bool = True) -> list[dict[str, str]]:
+    """n lists of 2-4 words (category -> word, in list order); distinct unless unique=False."""
+    seen: set[tuple[str, ...]] = set()
+    lists: list[dict[str, str]] = []
+    while len(lists) < n:
+        cats = rng.sample(list(CATEGORIES), rng.randint(2, 4))
+        items = {c: rng.choice(CATEGORIES[c]) for c in cats}
+        key = tuple(items.values())
+        if key not in seen or not unique:
+            seen.add(key)
+            lists.append(items)
+    return lists
+
+
 def generate(n_train: int, n_eval: int, seed: int = 0, unique: bool = True) -> tuple[list[dict], list[dict]]:
     """Held-out lists are disjoint from training lists (by the sequence of words).
 
@@ -82,17 +104,43 @@ def generate(n_train: int, n_eval: int, seed: int = 0, unique: bool = True) -> t
     if unique and n_train + n_eval > possible:
         raise ValueError(f"only {possible} distinct lists exist: ask for fewer, or pass unique=False")
     rng = random.Random(seed)
-    seen: set[tuple[str, ...]] = set()
-    lists: list[dict[str, str]] = []
-    while len(lists) < n_train + n_eval:
-        cats = rng.sample(list(CATEGORIES), rng.randint(2, 4))
-        items = {c: rng.choice(CATEGORIES[c]) for c in cats}
-        key = tuple(items.values())
-        if key not in seen or not unique:
-            seen.add(key)
-            lists.append(items)
+    lists = draw_lists(rng, n_train + n_eval, unique)
     eval_lists, train_lists = lists[:n_eval], lists[n_eval:]
     return [conversation(rng, x) for x in train_lists], [conversation(rng, x) for x in eval_lists]
+
+
+def generate_pairs(
+    n_train: int, n_eval: int, n_pairs_train: int, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Preference pairs from the first n_pairs_train training lists and every held-out list (same lists as
+    generate(); their own random stream, so the conversation files do not change)."""
+    lists = draw_lists(random.Random(seed), n_train + n_eval)  # the lists generate() draws first
+    train, held_out = generate(n_train, n_eval, seed)
+    pair_rng = random.Random(f"pairs/{seed}")
+    eval_lists, train_lists = lists[:n_eval], lists[n_eval:]
+    return (
+        preference_pairs(pair_rng, train[:n_pairs_train], train_lists[:n_pairs_train]),
+        preference_pairs(pair_rng, held_out, eval_lists),
+    )
+
+
+def wrong_reply(rng: random.Random, category: str | None, items: dict[str, str]) -> str:
+    """A plausible mistake: another word of the list, or a count off by one."""
+    if category is None:
+        n = len(items)
+        return f"There are {rng.choice([n - 1, n + 1])} words."
+    return f"The {category} is {rng.choice([w for c, w in items.items() if c != category])}."
+
+
+def preference_pairs(rng: random.Random, conversations: list[dict], lists: list[dict]) -> list[dict]:
+    """One pair per conversation: its last question, the right answer (chosen) and a wrong one (rejected)."""
+    pairs = []
+    for conv, items in zip(conversations, lists, strict=True):
+        *prompt, answer = conv["messages"]
+        category = next(c for c in [*items, None] if reply(c, items) == answer["content"])
+        wrong = {"role": "assistant", "content": wrong_reply(rng, category, items)}
+        pairs.append({"prompt": prompt, "chosen": [answer], "rejected": [wrong]})
+    return pairs
 
 
 def main() -> None:
@@ -102,14 +150,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "synthetic")
     parser.add_argument("--n-train", type=int, default=4000)
     parser.add_argument("--n-eval", type=int, default=200)
+    parser.add_argument("--n-pairs", type=int, default=1000, help="training preference pairs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     train, held_out = generate(args.n_train, args.n_eval, args.seed)
+    pairs_train, pairs_eval = generate_pairs(args.n_train, args.n_eval, args.n_pairs, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, rows in [("train", train), ("eval", held_out)]:
+    files = [("train", train), ("eval", held_out), ("pairs_train", pairs_train), ("pairs_eval", pairs_eval)]
+    for name, rows in files:
         with open(args.out / f"{name}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        print(f"wrote {len(rows)} conversations to {args.out / f'{name}.jsonl'}")
+        print(f"wrote {len(rows)} rows to {args.out / f'{name}.jsonl'}")
 
 
 if __name__ == "__main__":

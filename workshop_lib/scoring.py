@@ -1,4 +1,8 @@
-"""Scoring: held-out answers before and after training, the step notebooks 03 and 05 and `train` share.
+"""Scoring: held-out answers before and after training, the step notebooks 03, 05, 06 and `train` share.
+
+Two measures: exact match of generated answers (SFT and DPO), and, for preference pairs (DPO), how often
+the model gives the chosen answer a higher log-probability than the rejected one, and DPO's implicit reward
+margin against the reference model.
 
 Training only trains and evaluates the loss. Exact match needs generation, which a sharded model cannot do
 on one rank, so it runs here, on node 0, with whole models: the one in memory (one process) or the base
@@ -22,18 +26,110 @@ def exact_match(model, tokenizer, rows: list[dict], recipe: Recipe) -> dict[str,
     )
 
 
+def answer_logps(model, tokenizer, pairs: list[dict], batch_size: int = 16) -> list[tuple[float, float]]:
+    """(log p(chosen | prompt), log p(rejected | prompt)) for each pair: summed over the answer's tokens,
+    tokenized with the chat template the way DPOTrainer does (the prompt with a generation prompt, then the
+    prompt and answer together; the answer starts where the two token lists diverge)."""
+    import torch
+
+    def ids(messages: list[dict], gen: bool) -> list[int]:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    seqs = []  # (token ids, where the answer starts)
+    for p in pairs:
+        prompt = ids(p["prompt"], True)
+        for side in ("chosen", "rejected"):
+            full = ids(p["prompt"] + p[side], False)
+            start = next(
+                (i for i, (a, b) in enumerate(zip(prompt, full, strict=False)) if a != b), len(prompt)
+            )
+            seqs.append((full, start))
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[float] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            batch = seqs[i : i + batch_size]
+            width = max(len(t) for t, _ in batch)
+            input_ids = torch.tensor([t + [pad] * (width - len(t)) for t, _ in batch], device=device)
+            mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t, _ in batch], device=device)
+            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+            token_logps = torch.log_softmax(logits, -1).gather(-1, input_ids[:, 1:, None])[..., 0]
+            for row, (t, start) in enumerate(batch):  # token k is predicted at position k - 1
+                out.append(token_logps[row, max(start, 1) - 1 : len(t) - 1].sum().item())
+    model.train(was_training)
+    return list(zip(out[0::2], out[1::2], strict=True))
+
+
+def preferences(
+    model, tokenizer, pairs: list[dict], recipe: Recipe, reference: dict | None = None
+) -> dict[str, Any]:
+    """Held-out preference scores of the first recipe.n_generate pairs.
+
+    accuracy: the share of pairs where the model gives the chosen answer the higher log-probability;
+    logp_margin: the mean of log p(chosen) - log p(rejected). Given the reference model's scores (the model
+    before DPO), also DPO's implicit rewards, beta x (log p - log p_ref): reward_accuracy (chosen rewarded
+    above rejected) and reward_margin (their mean difference), which DPOTrainer logs as rewards/accuracies
+    and rewards/margins. Before training the model is its own reference: both are 0.
+    """
+    pairs = pairs[: recipe.n_generate]
+    logps = answer_logps(model, tokenizer, pairs)
+    diffs = [c - r for c, r in logps]
+    out: dict[str, Any] = {
+        "n": len(pairs),
+        "accuracy": sum(d > 0 for d in diffs) / max(len(diffs), 1),
+        "logp_margin": sum(diffs) / max(len(diffs), 1),
+        "logps": logps,
+    }
+    beta = float(recipe.trl.get("beta", 0.1))
+    ref = reference["logps"] if reference else logps
+    rewards = [beta * ((c - rc) - (r - rr)) for (c, r), (rc, rr) in zip(logps, ref, strict=True)]
+    out["reward_accuracy"] = sum(x > 0 for x in rewards) / max(len(rewards), 1)
+    out["reward_margin"] = sum(rewards) / max(len(rewards), 1)
+    return out
+
+
+def preference_summary(before: dict | None, after: dict | None) -> dict[str, Any]:
+    """The preference fields result.json keeps, before and after."""
+    out: dict[str, Any] = {}
+    for when, s in (("before", before), ("after", after)):
+        if s:
+            for key in ("accuracy", "logp_margin", "reward_accuracy", "reward_margin"):
+                out[f"preference_{key}_{when}"] = s[key]
+            out["preference_n"] = s["n"]
+    return out
+
+
+def pairs_as_conversations(pairs: list[dict]) -> list[dict]:
+    """Preference pairs as conversations whose reference answer is the chosen one (for exact match)."""
+    return [{"messages": p["prompt"] + p["chosen"]} for p in pairs]
+
+
 def from_run_folder(recipe: Recipe, rows: list[dict]) -> dict[str, dict[str, Any]]:
     """Score the base model and the run's final model, loaded one after the other (after a multi-process
-    run, in the notebook's process: the workers are gone, so the GPU may be used here now)."""
+    run, in the notebook's process: the workers are gone, so the GPU may be used here now).
+
+    rows: held-out conversations, or for DPO held-out pairs: then exact match is scored on their prompts
+    with the chosen answers as references, and the preference scores are added (preference_before/after).
+    """
     import torch
 
     from . import export
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    scores = {}
+    dpo = recipe.trainer == "dpo"
+    conversations = pairs_as_conversations(rows) if dpo else rows
+    scores: dict[str, dict[str, Any]] = {}
     for when, load in (("before", export.load_base), ("after", export.load_finetuned)):
         model, tokenizer = load(Path(recipe.run_dir))
-        scores[when] = exact_match(model.to(device), tokenizer, rows, recipe)
+        model = model.to(device)
+        scores[when] = exact_match(model, tokenizer, conversations, recipe)
+        if dpo:
+            ref = scores.get("preference_before")
+            scores[f"preference_{when}"] = preferences(model, tokenizer, rows, recipe, reference=ref)
         del model
     return scores
 

@@ -1,7 +1,7 @@
 """The training worker: what every process runs, in-process or forked, on one node or many.
 
-It is notebook 03's cells in one function: build the tokenizer, data, model, LoraConfig and SFTConfig,
-make TRL's SFTTrainer, train (resuming the run folder's last checkpoint when asked), then save. It only
+It is notebook 03's (or, for `trainer: dpo`, notebook 06's) cells in one function: build the tokenizer, data,
+model, LoraConfig and TRL config, make TRL's SFTTrainer (or DPOTrainer), train (resuming the run folder's last checkpoint when asked), then save. It only
 trains and evaluates the loss; scoring generated answers is a separate step (workshop_lib.scoring).
 """
 
@@ -40,6 +40,7 @@ class TrainResult:
     wrapped_as: str  # what wrapped the model: DistributedDataParallel, DeepSpeedEngine(zero_stage=3), ...
     local_param_numel: int = 0  # trainable parameter elements this rank holds (ZeRO-3 holds a shard)
     local_optimizer_numel: int = 0  # optimizer-state elements this rank holds (ZeRO-1/2/3 hold a shard)
+    eval_metrics: dict = dataclasses.field(default_factory=dict)  # the last evaluation's (DPO: rewards too)
     ranks: dict = dataclasses.field(default_factory=dict)  # {rank: TrainResult} of this node's workers
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,9 +126,13 @@ def finish(trainer, recipe: Recipe, output, ckpt: Path | None) -> TrainResult:
     if not result.preempted and trainer.eval_dataset is not None:
         evals = [h for h in state.log_history if "eval_loss" in h]
         if evals and evals[-1].get("step") == state.global_step:
-            result.eval_loss = evals[-1]["eval_loss"]  # evaluated at this step already
+            metrics = evals[-1]  # evaluated at this step already
         else:
-            result.eval_loss = trainer.evaluate()["eval_loss"]
+            metrics = trainer.evaluate()
+        result.eval_loss = metrics["eval_loss"]
+        result.eval_metrics = {
+            k: v for k, v in metrics.items() if k.startswith("eval_") and isinstance(v, int | float)
+        }
     result.param_digest = param_digest(trainer.model)
     if result.preempted:
         if trainer.is_world_process_zero():
@@ -144,7 +149,6 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
     """Train one process's share. prepared: (tokenizer, train_ds, eval_ds) built by the notebook already;
     forked workers inherit them instead of tokenizing the data again."""
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTTrainer
 
     from .callbacks import RebuildBucketsOnResume
 
@@ -155,7 +159,7 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
     else:
         tokenizer, train_ds, eval_ds = prepared
     model = build.model(recipe, tokenizer)
-    trainer = SFTTrainer(
+    trainer = build.trainer_class(recipe)(  # SFTTrainer, or DPOTrainer for trainer: dpo
         model=model,
         args=build.trl_config(recipe),
         train_dataset=train_ds,

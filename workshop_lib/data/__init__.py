@@ -11,7 +11,7 @@ question/answer columns, OpenAssistant message trees), converts them, validates 
 file, the line (or record), the field as the file has it, what is wrong and how to fix it.
 
 One module per concern: read (files, folders, hub ids), formats (row shapes -> turns), trees (message
-trees), checks (validation), load (the pipeline and mixtures), ops (dedup, split, stats, writing),
+trees), pairs (preference pairs for DPO), checks (validation), load (the pipeline and mixtures), ops (dedup, split, stats, writing),
 command (the `validate` command).
 """
 
@@ -19,6 +19,7 @@ from .checks import validate
 from .formats import FORMATS, ROLE_ALIASES, ROLES, convert, detect_format, to_messages
 from .load import load_conversations, load_training_rows, read_jsonl
 from .ops import _key, deduplicate, overlap, split, stats, text_of, to_dataset, write_jsonl
+from .pairs import check_pair, load_preferences, to_pair
 from .problems import DataError, Problem, Report
 from .read import Row, read_rows, read_source
 
@@ -33,7 +34,10 @@ __all__ = [
     "convert",
     "deduplicate",
     "detect_format",
+    "check_pair",
     "load_conversations",
+    "load_preferences",
+    "to_pair",
     "load_training_rows",
     "overlap",
     "read_jsonl",

@@ -228,8 +228,13 @@ def _check_echo(rows: list[dict], columns: dict[str, str] | None, report: Report
         report.problems.append(Problem(report.file, None, "(file)", msg, hint, kind="answer repeats prompt"))
 
 
-def load_training_rows(spec: Any, seed: int = 0, on_error: str = "raise") -> tuple[list[dict], Report]:
+def load_training_rows(
+    spec: Any, seed: int = 0, on_error: str = "raise", kind: str = "messages"
+) -> tuple[list[dict], Report]:
     """Training rows from one source or a weighted mixture, the way a recipe names them.
+
+    kind: "messages" (conversations, for SFT) or "preference" (prompt/chosen/rejected pairs, for DPO:
+    data.pairs reads them; a mixture entry's format/columns/paths keys apply to conversations only).
 
     spec: a str or Path (a file, a folder, or a hub id with an optional ":split", e.g. "org/name:train"), or a
     list of mappings {path, name, split, weight, max_rows, format, columns, paths}. Per source, max_rows
@@ -237,8 +242,14 @@ def load_training_rows(spec: Any, seed: int = 0, on_error: str = "raise") -> tup
     seeded half, 2: every conversation twice). The mixture is shuffled with the seed: the same spec and seed
     give the same rows in the same order.
     """
+    from .pairs import load_preferences
+
+    if kind not in ("messages", "preference"):
+        raise ValueError(f"kind must be 'messages' or 'preference', not {kind!r}")
     if isinstance(spec, (str, Path)):
         source, split = split_spec(str(spec))
+        if kind == "preference":
+            return load_preferences(source, split=split, on_error=on_error)
         return load_conversations(source, split=split, on_error=on_error)
     if isinstance(spec, Mapping):
         spec = [spec]
@@ -250,15 +261,18 @@ def load_training_rows(spec: Any, seed: int = 0, on_error: str = "raise") -> tup
     formats = []
     for i, e in enumerate(entries):
         source, split = split_spec(e["path"]) if e.get("split") is None else (e["path"], e["split"])
-        rows, rep = load_conversations(
-            source,
-            fmt=e.get("format", "auto"),
-            columns=e.get("columns"),
-            on_error="drop",
-            paths=e.get("paths", "all"),
-            name=e.get("name"),
-            split=split,
-        )
+        if kind == "preference":
+            rows, rep = load_preferences(source, split=split, name=e.get("name"), on_error="drop")
+        else:
+            rows, rep = load_conversations(
+                source,
+                fmt=e.get("format", "auto"),
+                columns=e.get("columns"),
+                on_error="drop",
+                paths=e.get("paths", "all"),
+                name=e.get("name"),
+                split=split,
+            )
         total.rows += rep.rows
         total.dropped += rep.dropped
         total.problems += rep.problems
