@@ -473,3 +473,21 @@ def test_05_chat_and_export(lab, trained_run):
     assert "Type a message first" not in chat.text  # the click right after the text was sent is no empty send
     lab.screenshot("05_chat_and_export.chat", chat)
     reopen(lab, "05_chat_and_export")
+
+
+def test_06_preference_tuning(lab, trained_run, tmp_path):
+    params = {
+        "model": str(trained_run / "final"),  # DPO starts from an SFT model
+        "output_root": str(tmp_path),
+        "run_name": "browser-06",
+        "max_steps": 6,
+        "overrides": {
+            k: v for k, v in FAST_TRAIN.items() if k not in ("max_steps", "eval_steps", "save_steps")
+        },
+    }
+    saved = run_in_browser(lab, "06_preference_tuning", params, timeout=400)
+    text = output_text(saved)
+    assert "before DPO: preference accuracy" in text and "reward margin (vs reference)" in text
+    assert "image/png" in json.dumps([c.get("outputs", []) for c in saved.cells])  # loss and rewards plot
+    assert (tmp_path / "browser-06" / "result.json").exists()
+    reopen(lab, "06_preference_tuning")

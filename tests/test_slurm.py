@@ -38,6 +38,8 @@ PARITY = {
     "gradient_accumulation_steps": 2,
     "per_device_train_batch_size": 4,
 }
+# DPO through the same job path (notebook 06 on each node), from the kit's tiny model, one stop mid-way
+DPO_PARITY = {**PARITY, "max_steps": 16, "model": "tiny"}
 LONG = {**FAST, "max_steps": 3000, "logging_steps": 5, "collective_timeout_s": 1800}
 
 
@@ -117,23 +119,27 @@ def preempt(cluster, out_root, name, job, points):
 
 @pytest.fixture(scope="module")
 def jobs(cluster, tmp_path_factory):
-    """The long jobs, submitted together: 2- and 3-node references and their preempted twins."""
+    """The long jobs, submitted together: 2- and 3-node references and their preempted twins, SFT and DPO."""
     root = tmp_path_factory.mktemp("jobs")
-    recipe = ["--recipe", "recipes/tiny_cpu.yaml"]
     submitted = {}
-    for name, nodes, launcher in (("ref2", 2, "papermill"), ("ref3", 3, "python")):
+    for name, nodes, launcher, recipe, params in (
+        ("ref2", 2, "papermill", "recipes/tiny_cpu.yaml", PARITY),
+        ("ref3", 3, "python", "recipes/tiny_cpu.yaml", PARITY),
+        ("dpo2", 2, "papermill", "recipes/tiny_dpo.yaml", DPO_PARITY),
+    ):
         for kind in ("", "-pre"):
             job, _ = submit(
                 cluster,
                 root,
-                *recipe,
+                "--recipe",
+                recipe,
                 "--nodes",
                 str(nodes),
                 "--name",
                 name + kind,
                 "--launcher",
                 launcher,
-                params=PARITY,
+                params=params,
                 # no time-limit signal, even on a loaded machine: the reference must run uninterrupted
                 sbatch=["--time=02:00:00"],
             )
@@ -141,7 +147,7 @@ def jobs(cluster, tmp_path_factory):
     # two stops per preempted run: one at an arbitrary step, one the moment the requeued try starts
     # (a signal that early must still be seen: training reads STOP at its first step)
     drivers, errors = [], []
-    for name, points in (("ref2-pre", [7, "start"]), ("ref3-pre", [5, 9])):
+    for name, points in (("ref2-pre", [7, "start"]), ("ref3-pre", [5, 9]), ("dpo2-pre", [7])):
 
         def drive(name=name, points=points):
             try:
@@ -210,6 +216,29 @@ def test_preempted_runs_end_with_the_parameters_of_an_uninterrupted_job(cluster,
     assert result["tries"] == 3 and straight["tries"] == 1
     assert result["total_runtime_s"] == pytest.approx(sum(t["runtime_s"] for t in tries))
     assert result["total_tokens"] == straight["total_tokens"]
+
+
+def test_a_preempted_two_node_dpo_job_ends_with_the_parameters_of_an_uninterrupted_one(cluster, jobs):
+    _, _, ref = finished(cluster, jobs, "dpo2")
+    info, log, run = finished(cluster, jobs, "dpo2-pre")
+    tries = [json.loads(x) for x in (run / "tries.jsonl").read_text().splitlines()]
+    assert [t["preempted"] for t in tries] == [True, False] and int(info["Restarts"]) == 1, log[-3000:]
+    assert tries[1]["from_step"] == tries[0]["to_step"] > 0
+    for node in (0, 1):  # each node ran notebook 06 (the recipe's trainer: dpo), on each try
+        for attempt in (0, 1):
+            assert (run / "notebooks" / f"06_preference_tuning.node{node}.try{attempt}.ipynb").exists()
+    result = json.loads((run / "result.json").read_text())
+    straight = json.loads((ref / "result.json").read_text())
+    print(
+        f"\nDPO, 2 nodes: stopped at step {tries[0]['to_step']}; digests {result['param_digest']} "
+        f"{straight['param_digest']}; rewards {straight['eval_metrics'] or 'no eval'}"
+    )
+    assert result["global_step"] == straight["global_step"] == DPO_PARITY["max_steps"]
+    assert result["world_size"] == straight["world_size"] == 2
+    assert result["param_digest"] == straight["param_digest"]
+    assert result["total_tokens"] == straight["total_tokens"]
+    steps = logged_steps(run)
+    assert steps == sorted(set(steps)), steps
 
 
 def test_sweep_runs_as_a_job_array_with_a_log_per_task(cluster, tmp_path):

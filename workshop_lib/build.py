@@ -1,8 +1,8 @@
-"""Builders: recipe -> tokenizer, datasets, model, LoraConfig, SFTConfig keyword arguments, callbacks.
+"""Builders: recipe -> tokenizer, datasets, model, LoraConfig, TRL config keyword arguments, callbacks.
 
-Notebook 03 calls them one per cell and builds `SFTConfig` and `SFTTrainer` itself, so a participant sees
-(and can change) every object; `worker.train` calls the same functions in every process of a multi-process
-or multi-node run. Each builder does one thing and says what it decided.
+Notebooks 03 (SFT) and 06 (DPO) call them one per cell and build TRL's config and trainer themselves, so a
+participant sees (and can change) every object; `worker.train` calls the same functions in every process of
+a multi-process or multi-node run. Each builder does one thing and says what it decided.
 """
 
 from __future__ import annotations
@@ -35,20 +35,30 @@ def tokenizer(recipe: Recipe):
     return tok, report
 
 
-def rows(spec: Any, seed: int = 0) -> list[dict]:
-    """Validated conversations from a file, folder, hub id or weighted mixture (data.load_training_rows)."""
+def rows(spec: Any, seed: int = 0, kind: str = "messages") -> list[dict]:
+    """Validated conversations (kind "messages") or preference pairs ("preference") from a file, folder,
+    hub id or weighted mixture (data.load_training_rows)."""
     from . import data
 
-    found, _ = data.load_training_rows(spec, seed=seed)
+    found, _ = data.load_training_rows(spec, seed=seed, kind=kind)
     return found
 
 
-def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
-    """Validated conversations -> tokenized, labelled Datasets (input_ids + labels), and the held-out rows.
+def row_kind(recipe: Recipe) -> str:
+    """What the recipe's data files hold: conversations for SFT, preference pairs for DPO."""
+    return "preference" if recipe.trainer == "dpo" else "messages"
 
-    The kit labels the data itself (chat.encode: the labels notebook 02 shows); with padding-free batches
-    TRL does not cut long rows, so they are cut here, and rows left without any answer token are dropped.
+
+def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
+    """Validated rows -> the Datasets the recipe's trainer takes, and the held-out rows.
+
+    SFT: tokenized, labelled conversations (input_ids + labels). The kit labels the data itself
+    (chat.encode: the labels notebook 02 shows); with padding-free batches TRL does not cut long rows, so
+    they are cut here, and rows left without any answer token are dropped.
+    DPO: prompt/chosen/rejected conversations, which DPOTrainer tokenizes with the chat template itself.
     """
+    if recipe.trainer == "dpo":
+        return _preference_datasets(recipe)
     from . import data
 
     sft = recipe.trl
@@ -71,6 +81,28 @@ def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
     train_ds = prepare(rows(recipe.train_file, seed))
     eval_rows = rows(recipe.eval_file, seed) if recipe.eval_file else []
     return train_ds, (prepare(eval_rows) if eval_rows else None), eval_rows
+
+
+def _preference_datasets(recipe: Recipe) -> tuple[Any, Any, list[dict]]:
+    from . import data
+
+    seed = int(recipe.trl.get("seed", 0))
+
+    def prepare(found: list[dict]):
+        if recipe.system_prompt == "merge":
+            found = [{**p, "prompt": chat.merge_system_prompt(p["prompt"])} for p in found]
+        return data.to_dataset(found)
+
+    train_rows = rows(recipe.train_file, seed, "preference")
+    eval_rows = rows(recipe.eval_file, seed, "preference") if recipe.eval_file else []
+    return prepare(train_rows), (prepare(eval_rows) if eval_rows else None), eval_rows
+
+
+def trainer_class(recipe: Recipe) -> type:
+    """TRL's trainer for the recipe: SFTTrainer or DPOTrainer."""
+    import trl
+
+    return {"sft": trl.SFTTrainer, "dpo": trl.DPOTrainer}[recipe.trainer]
 
 
 def model(recipe: Recipe, tokenizer):
@@ -145,8 +177,8 @@ def lora_config(recipe: Recipe, model=None):
 
 
 def trl_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
-    """Keyword arguments for SFTConfig: the recipe's, plus what the kit decides for this device and run,
-    each decision with its reason. Returns (kwargs, {key: why}) so notebook 03 can show both."""
+    """Keyword arguments for SFTConfig or DPOConfig: the recipe's, plus what the kit decides for this device
+    and run, each decision with its reason. Returns (kwargs, {key: why}) so notebooks 03 and 06 show both."""
     args = dict(recipe.trl)
     why: dict[str, str] = {}
 
@@ -156,11 +188,13 @@ def trl_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
             why[key] = reason
 
     gpu = device_kind() == "cuda"
-    decide(
-        "assistant_only_loss",
-        False,
-        "the kit labels the answers itself (chat.encode, as notebook 02 shows); TRL keeps those labels",
-    )
+    sft = recipe.trainer == "sft"
+    if sft:
+        decide(
+            "assistant_only_loss",
+            False,
+            "the kit labels the answers itself (chat.encode, as notebook 02 shows); TRL keeps those labels",
+        )
     if "activation_checkpointing" not in args and "gradient_checkpointing" not in args:
         decide(
             "activation_checkpointing", gpu, "GPU: memory for speed" if gpu else "on a CPU it only costs time"
@@ -174,7 +208,7 @@ def trl_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
         decide(
             "bf16", bool(args.get("bf16", False)), "TRL turns bf16 on by default; on a CPU only on request"
         )
-    if args.get("padding_free") and not args.get("packing"):
+    if sft and args.get("padding_free") and not args.get("packing"):
         decide(
             "max_length", None, "padding-free rows are cut by the kit during tokenization (TRL refuses one)"
         )
@@ -233,10 +267,10 @@ def _distribution(recipe: Recipe, args: dict, decide, gpu: bool) -> None:
 
 
 def trl_config(recipe: Recipe):
-    """TRL's SFTConfig built from sft_args."""
-    from trl import SFTConfig
+    """TRL's SFTConfig or DPOConfig built from trl_args."""
+    from .recipe import trl_config_class
 
-    return SFTConfig(**trl_args(recipe)[0])
+    return trl_config_class(recipe.trainer)(**trl_args(recipe)[0])
 
 
 def callbacks(recipe: Recipe) -> list:

@@ -1,7 +1,8 @@
-"""The main job: notebooks 01 -> 05 executed headless on the tiny model, into one run folder.
+"""The main job: notebooks 01 -> 06 executed headless on the tiny model, into run folders.
 
 `python -m workshop_lib demo` (or `make demo`) shows what a participant's day produces: converted data,
-a trained model, loss curves, scored answers, with a short summary at the end.
+a trained model, loss curves, scored answers, and a DPO run that starts from the trained model
+(runs/<name>-dpo), with a short summary at the end.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from pathlib import Path
 
 from .paths import REPO_ROOT
 
-NOTEBOOKS = ["01_data_formatting", "02_chat_templates", "03_train", "04_loss_curves", "05_chat_and_export"]
+NOTEBOOKS = [
+    "01_data_formatting",
+    "02_chat_templates",
+    "03_train",
+    "04_loss_curves",
+    "05_chat_and_export",
+    "06_preference_tuning",
+]
 
 
 def run_notebook(name: str, out_dir: Path, parameters: dict, log_output: bool = False) -> Path:
@@ -42,7 +50,8 @@ def demo(name: str | None, recipe_file: str = "recipes/tiny_cpu.yaml") -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     name = name or datetime.now().strftime("demo-%Y%m%d-%H%M%S")
     run_dir = REPO_ROOT / "runs" / name
-    if (run_dir / "recipe.yaml").exists():
+    dpo_dir = run_dir.with_name(f"{name}-dpo")
+    if (run_dir / "recipe.yaml").exists() or (dpo_dir / "recipe.yaml").exists():
         print(f"demo: {run_dir} exists already; choose another --name (nothing was changed)", file=sys.stderr)
         return 2
     nb_dir = run_dir / "notebooks"
@@ -62,17 +71,22 @@ def demo(name: str | None, recipe_file: str = "recipes/tiny_cpu.yaml") -> int:
         },
         "04_loss_curves": {"runs": str(run_dir)},
         "05_chat_and_export": {"run": str(run_dir)},
+        "06_preference_tuning": {  # DPO from the model 03 trained, into its own run folder
+            "model": str(run_dir / "final"),
+            "run_name": dpo_dir.name,
+            "output_root": str(REPO_ROOT / "runs"),
+        },
     }
     for nb in NOTEBOOKS:
         t = time.time()
         print(f"demo: running {nb} ...", flush=True)
-        run_notebook(nb, nb_dir, params[nb], log_output=(nb == "03_train"))
+        run_notebook(nb, nb_dir, params[nb], log_output=nb in ("03_train", "06_preference_tuning"))
         print(f"demo: {nb} done in {time.time() - t:.0f} s -> {nb_dir / (nb + '.ipynb')}", flush=True)
-    print_summary(run_dir, time.time() - t0)
+    print_summary(run_dir, time.time() - t0, dpo_dir)
     return 0
 
 
-def print_summary(run_dir: Path, seconds: float) -> None:
+def print_summary(run_dir: Path, seconds: float, dpo_dir: Path | None = None) -> None:
     from .plots import load_run
 
     result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
@@ -94,11 +108,24 @@ def print_summary(run_dir: Path, seconds: float) -> None:
     for extra in ("loss_curves.png", "merged"):
         if (run_dir / extra).exists():
             lines.append(f"  {extra:<18} {run_dir / extra}")
+    dpo = (
+        json.loads((dpo_dir / "result.json").read_text())
+        if dpo_dir and (dpo_dir / "result.json").exists()
+        else {}
+    )
+    if "preference_accuracy_after" in dpo:
+        lines += [
+            f"  DPO ({dpo_dir}):",
+            f"    held-out preference accuracy {dpo['preference_accuracy_before']:.1%} -> "
+            f"{dpo['preference_accuracy_after']:.1%}, reward margin {dpo['preference_reward_margin_after']:.3f} "
+            f"(n={dpo['preference_n']})",
+            f"    held-out exact match {dpo['exact_match_before']:.1%} -> {dpo['exact_match_after']:.1%}",
+        ]
     print("\n".join(lines))
 
 
 def register(sub) -> None:
-    d = sub.add_parser("demo", help="the demo pipeline (notebooks 01 -> 05) on the tiny model")
+    d = sub.add_parser("demo", help="the demo pipeline (notebooks 01 -> 06) on the tiny model")
     d.add_argument("--name", help="run folder name under runs/ (default: demo-<date>-<time>)")
     d.add_argument("--recipe", default="recipes/tiny_cpu.yaml")
     d.set_defaults(func=lambda a: demo(a.name, a.recipe))

@@ -172,3 +172,16 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     path = Path(run_dir) / "result.json"
     _write_atomic(path, json.dumps(result, indent=1, default=str))
     return path
+
+
+def newest_final(output_root: str | Path, trainer: str = "sft") -> Path | None:
+    """The final/ model folder of the newest finished run of that trainer under output_root (None if none):
+    where DPO (notebook 06) starts when no model is named, the model notebook 03 just trained."""
+    found = []
+    for result in Path(output_root).glob("*/result.json"):
+        run = result.parent
+        recorded = run / "recipe.yaml"
+        kind = (yaml.safe_load(recorded.read_text()) or {}).get("trainer", "sft") if recorded.exists() else None
+        if kind == trainer and (run / "final").is_dir():
+            found.append((result.stat().st_mtime, run / "final"))
+    return max(found)[1] if found else None
