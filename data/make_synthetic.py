@@ -15,7 +15,8 @@ fruit?": the model must look back over earlier turns) and a third start with a s
 
 Preference pairs for DPO (notebook 06) are made from the same conversations: the prompt is a
 conversation up to its last question, "chosen" the right answer and "rejected" a plausible wrong one
-(another word from the list, or a count off by one). Held-out pairs come from the held-out lists.
+(a word of the right category that is not in the list, or a count off by one: what a half-trained
+model gets wrong). Held-out pairs come from the held-out lists.
 
     {"prompt": [..., {"role": "user", "content": "And the fruit?"}],
      "chosen": [{"role": "assistant", "content": "The fruit is plum."}],
@@ -125,11 +126,12 @@ def generate_pairs(
 
 
 def wrong_reply(rng: random.Random, category: str | None, items: dict[str, str]) -> str:
-    """A plausible mistake: another word of the list, or a count off by one."""
+    """The mistakes a half-trained model makes: a word of the right category that is not in the list
+    ("The fruit is lemon." when the list has mango), or a count off by one."""
     if category is None:
         n = len(items)
         return f"There are {rng.choice([n - 1, n + 1])} words."
-    return f"The {category} is {rng.choice([w for c, w in items.items() if c != category])}."
+    return f"The {category} is {rng.choice([w for w in CATEGORIES[category] if w != items[category]])}."
 
 
 def preference_pairs(rng: random.Random, conversations: list[dict], lists: list[dict]) -> list[dict]:

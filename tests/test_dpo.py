@@ -67,6 +67,10 @@ def test_bad_pairs_are_named_by_file_line_and_field(tmp_path):
     assert "line 5" not in text and "Fix:" in text
     rows, report = data.load_preferences(path, on_error="drop")
     assert len(rows) == 1 and report.dropped == 4 and report.kept == 1
+    cli = [sys.executable, "-m", "workshop_lib", "validate", "--pairs", str(path)]
+    out = subprocess.run(cli, capture_output=True, text=True, cwd=REPO_ROOT)
+    assert out.returncode == 1 and f"{path}:line 3: rejected: chosen and rejected are the same" in out.stdout
+    assert "5 rows (preference pairs), 1 valid" in out.stdout
 
 
 def test_the_bundled_pairs_are_valid_and_held_out():

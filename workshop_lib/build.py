@@ -221,6 +221,8 @@ def trl_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
             "every weight gets a gradient: skip DDP's search",
             force=False,
         )
+    if args.get("report_to") is None:  # `-p report_to none` arrives as None, which transformers refuses
+        decide("report_to", "none", "None: no reporting integrations")
     decide("output_dir", str(recipe.run_dir), "the run folder")
     decide(
         "ddp_timeout", recipe.collective_timeout_s, "collective_timeout_s: a stuck collective fails the job"

@@ -14,7 +14,10 @@ from pathlib import Path
 def quiet_libraries() -> None:
     """One progress display: the kit's. Turns off the progress bars of datasets, huggingface_hub and
     transformers (in a notebook they are widgets, which a saved notebook cannot show again), and tells
-    DeepSpeed there is no GPU when there is none, instead of letting it warn about it."""
+    DeepSpeed there is no GPU when there is none, instead of letting it warn about it. Also drops one
+    FutureWarning DPOTrainer triggers inside transformers on every run (nothing a user can change)."""
+    import warnings
+
     from datasets import disable_progress_bars
     from huggingface_hub.utils import disable_progress_bars as hub_quiet
     from transformers.utils import logging as hf_logging
@@ -22,6 +25,9 @@ def quiet_libraries() -> None:
     disable_progress_bars()
     hub_quiet()
     hf_logging.disable_progress_bar()
+    warnings.filterwarnings(
+        "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     try:
         import torch
 

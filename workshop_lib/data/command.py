@@ -42,6 +42,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--paths", default="all", choices=PATHS, help="message trees: every path, or the best-ranked"
     )
+    p.add_argument("--pairs", action="store_true", help="preference pairs for DPO (prompt, chosen, rejected)")
     p.add_argument("--max-problems", type=int, default=20, help="problems listed per input (default 20)")
     p.set_defaults(func=run)
 
@@ -62,9 +63,14 @@ def run(args: argparse.Namespace) -> int:
 def _one(spec: str, args: argparse.Namespace, columns: dict[str, str] | None) -> int:
     source, split = split_spec(spec)
     try:
-        rows, report = load_conversations(
-            source, fmt=args.format, columns=columns, on_error="drop", paths=args.paths, split=split
-        )
+        if getattr(args, "pairs", False):
+            from .pairs import load_preferences
+
+            rows, report = load_preferences(source, split=split, on_error="drop")
+        else:
+            rows, report = load_conversations(
+                source, fmt=args.format, columns=columns, on_error="drop", paths=args.paths, split=split
+            )
     except (OSError, ValueError) as e:  # unreadable: DataError is raised only with on_error="raise"
         print(f"{spec}: cannot read: {e}")
         return 2
