@@ -33,6 +33,7 @@ if not (CHROMIUM and CHROMEDRIVER):
     )
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -275,7 +276,24 @@ def errors_in(nb: nbformat.NotebookNode) -> list[str]:
 
 
 def image_sources(element) -> list[str]:
-    return [img.get_attribute("src") for img in element.find_elements(By.CSS_SELECTOR, "img")]
+    """The images under element once they have stopped changing: a widget output redraws by clearing
+    and re-adding its image (ipywidgets), so a read in between sees a stale element or a passing state.
+    [] when there is no image (or the output kept changing for 5 s)."""
+
+    def read() -> list[str] | None:
+        try:
+            return [img.get_attribute("src") for img in element.find_elements(By.CSS_SELECTOR, "img")]
+        except StaleElementReferenceException:
+            return None
+
+    last, deadline = read(), time.time() + 5
+    while time.time() < deadline:
+        time.sleep(0.3)
+        now = read()
+        if now is not None and now == last:
+            return now
+        last = now
+    return []
 
 
 # ---------------------------------------------------------------------------------------------- fixtures

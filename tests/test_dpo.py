@@ -136,12 +136,12 @@ def test_dpo_prefers_the_chosen_answers_and_keeps_exact_match(tmp_path, sft_mode
         f"{r['exact_match_after']:.3f}; DPOTrainer eval: {r['eval_metrics']}"
     )
     assert r["preference_reward_margin_before"] == 0 and r["preference_reward_accuracy_before"] == 0
-    assert r["preference_reward_margin_after"] > 0.1 and r["preference_reward_accuracy_after"] > 0.7
+    assert r["preference_reward_margin_after"] > 0.1 and r["preference_reward_accuracy_after"] > 0.6
     assert r["preference_logp_margin_after"] > r["preference_logp_margin_before"]
     assert r["exact_match_after"] >= r["exact_match_before"]
     # TRL's own numbers agree in sign: its implicit rewards prefer the chosen answers after training
     assert (
-        r["eval_metrics"]["eval_rewards/margins"] > 0 and r["eval_metrics"]["eval_rewards/accuracies"] > 0.7
+        r["eval_metrics"]["eval_rewards/margins"] > 0 and r["eval_metrics"]["eval_rewards/accuracies"] > 0.6
     )
     logged = [json.loads(x) for x in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("rewards/margins" in x for x in logged)  # metrics.jsonl keeps DPO's own metrics
