@@ -137,6 +137,7 @@ def test_dpo_prefers_the_chosen_answers_and_keeps_exact_match(tmp_path, sft_mode
     )
     assert r["preference_reward_margin_before"] == 0 and r["preference_reward_accuracy_before"] == 0
     assert r["preference_reward_margin_after"] > 0.1 and r["preference_reward_accuracy_after"] > 0.6
+    assert r["preference_accuracy_after"] > r["preference_accuracy_before"]
     assert r["preference_logp_margin_after"] > r["preference_logp_margin_before"]
     assert r["exact_match_after"] >= r["exact_match_before"]
     # TRL's own numbers agree in sign: its implicit rewards prefer the chosen answers after training
