@@ -23,7 +23,7 @@ def _plot(args) -> int:
         print(f"plot: {p}", file=sys.stderr)
     if not runs:
         print(
-            "plot: no run to plot (see above). Give run folders written by notebook 03, e.g. runs/demo-*.",
+            "plot: no run to plot (see above). Give run folders (runs/demo-*) or TRL output_dirs with TensorBoard events.",
             file=sys.stderr,
         )
         return 2
@@ -47,7 +47,7 @@ def _doctor(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import demo, failures, launch, plan, submit, train
+    from . import demo, failures, launch, modelcard, plan, push, submit, train
     from .data import command as data_command
 
     ap = argparse.ArgumentParser(prog="python -m workshop_lib", description=__doc__)
@@ -59,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
     data_command.register(sub)
     failures.register(sub)
     launch.register(sub)
+    modelcard.register(sub)
+    push.register(sub)
     p = sub.add_parser("plot", help="loss curves and summary of run folders")
     p.add_argument("runs", nargs="+", help="run folders or globs (quote them: 'runs/sweep-*')")
     p.add_argument(

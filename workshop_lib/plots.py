@@ -100,13 +100,15 @@ class RunError(ValueError):
 
 @dataclass
 class Run:
-    """One run folder's records (from metrics.jsonl, else trainer_state.json) and parameters."""
+    """One run folder's records (from metrics.jsonl, else TensorBoard event files, else trainer_state.json)
+    and parameters."""
 
     path: Path
     records: list[dict]
     params: dict
     result: dict
     problems: list[str] = field(default_factory=list)
+    source: str = "metrics.jsonl"  # or "tensorboard" (a plain TRL run), "trainer_state.json"
 
     @property
     def name(self) -> str:
@@ -157,31 +159,114 @@ def load_run(path: str | Path) -> Run:
                 records.append(rec)
             except (json.JSONDecodeError, ValueError) as e:
                 problems.append(f"{metrics}:line {n}: skipped a corrupt metrics line ({e})")
+    source = "metrics.jsonl"
+    events = [] if records else event_files(path)
+    if events:  # a run without the kit's metrics.jsonl: a plain TRL script's output_dir
+        records, source = read_events(events, problems), "tensorboard"
     if not records and state.exists():
+        source = "trainer_state.json"
         try:
             records = [dict(r) for r in json.loads(state.read_text()).get("log_history", []) if "step" in r]
         except json.JSONDecodeError as e:
             problems.append(f"{state}: unreadable ({e})")
-    if not records and not (path / "recipe.yaml").exists():
+    if not records and not events and not (path / "recipe.yaml").exists():
         raise RunError(
-            f"{path}: not a run folder (no metrics.jsonl, trainer_state.json or recipe.yaml). "
-            "Point at runs/<name>, written by notebook 03."
+            f"{path}: not a run folder (no metrics.jsonl, TensorBoard event files, trainer_state.json or "
+            "recipe.yaml). Point at runs/<name>, written by notebook 03, or a TRL output_dir."
         )
     params = {}
     if (path / "recipe.yaml").exists():
         params = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
     result = json.loads((path / "result.json").read_text()) if (path / "result.json").exists() else {}
+    if not result and source == "tensorboard":
+        result = _events_result(records)
     if not records:
         problems.append(f"{path}: no metrics yet (the run has not logged a step)")
-    return Run(path, records, params, result, problems)
+    return Run(path, records, params, result, problems, source)
+
+
+# ----------------------------------------------------------------------------- TensorBoard event files
+def event_files(path: str | Path) -> list[Path]:
+    """TensorBoard event files anywhere under a folder (a trainer writes <output_dir>/runs/<date>_<host>/),
+    oldest first, leaving out those of other run folders nested inside it."""
+    path = Path(path)
+    found = []
+    for f in path.rglob("events.out.tfevents.*"):
+        between = f.relative_to(path).parents  # the folders from f's up to (not including) path
+        if not any((path / d / m).exists() for d in list(between)[:-1] for m in RUN_MARKERS):
+            found.append(f)
+    return sorted(found, key=_event_time)
+
+
+def _event_time(f: Path) -> tuple[float, str]:
+    """The creation time in an event file's name (events.out.tfevents.<unix time>.<host>...)."""
+    part = f.name.split(".")[3] if f.name.count(".") >= 3 else ""
+    return (float(part) if part.isdigit() else f.stat().st_mtime, str(f))
+
+
+def tag_to_metric(tag: str) -> str:
+    """A TensorBoard tag as the kit's metric name. transformers writes a log key `k` as `train/k` and
+    `eval_k` as `eval/k` (integrations.rewrite_logs): train/loss -> loss, eval/loss -> eval_loss."""
+    prefix, _, key = tag.partition("/")
+    if prefix == "train" and key:
+        return key
+    if prefix in ("eval", "test") and key:
+        return f"{prefix}_{key}"
+    return tag
+
+
+def read_events(files: Sequence[Path], problems: list[str] | None = None) -> list[dict]:
+    """The scalars of event files as metrics records, one per step, read with TensorBoard's own reader.
+
+    Files are read oldest first, so a resumed try's value replaces the stopped try's at the same step.
+    `time` is when the step's loss was logged; tokens_per_s is computed from num_tokens as the kit does."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    by_step: dict[int, dict] = {}
+    for f in files:
+        acc = EventAccumulator(str(f), size_guidance={SCALARS: 0})  # 0: keep every point, not a sample
+        try:
+            acc.Reload()
+        except Exception as e:  # a file cut by a kill: keep the others
+            if problems is not None:
+                problems.append(f"{f}: unreadable TensorBoard events ({type(e).__name__}: {e})")
+            continue
+        for tag in acc.Tags()[SCALARS]:
+            for ev in acc.Scalars(tag):
+                rec = by_step.setdefault(ev.step, {"step": ev.step, "time": ev.wall_time})
+                rec[tag_to_metric(tag)] = ev.value
+                if tag == "train/loss":
+                    rec["time"] = ev.wall_time
+    records = [by_step[s] for s in sorted(by_step)]
+    last = None
+    for rec in records:
+        if "loss" in rec and "num_tokens" in rec:
+            if last and rec["time"] > last["time"]:
+                rec["tokens_per_s"] = (rec["num_tokens"] - last["num_tokens"]) / (rec["time"] - last["time"])
+            last = rec
+    return records
+
+
+def _events_result(records: list[dict]) -> dict:
+    """A finished plain TRL run's summary from its events: the trainer logs train_loss once, at the end."""
+    end = next((r for r in reversed(records) if "train_loss" in r), None)
+    if end is None:
+        return {}
+    return {
+        "train_loss": end["train_loss"],
+        "train_runtime_s": end.get("train_runtime"),
+        "source": "tensorboard",
+    }
 
 
 RUN_MARKERS = ("recipe.yaml", "metrics.jsonl", "trainer_state.json")
 
 
 def is_run_folder(path: str | Path) -> bool:
-    """A folder written by a training run (not runs/logs, runs/comparison, data or executed notebooks)."""
-    return Path(path).is_dir() and any((Path(path) / m).exists() for m in RUN_MARKERS)
+    """A folder written by a training run (not runs/logs, runs/comparison, data or executed notebooks):
+    the kit's, or a plain TRL script's output_dir with TensorBoard event files."""
+    path = Path(path)
+    return path.is_dir() and (any((path / m).exists() for m in RUN_MARKERS) or bool(event_files(path)))
 
 
 def load_runs(paths: str | Path | Sequence[str | Path]) -> tuple[list[Run], list[str]]:
@@ -215,9 +300,10 @@ def load_runs(paths: str | Path | Sequence[str | Path]) -> tuple[list[Run], list
 def differing_params(runs: Sequence[Run]) -> dict[str, list[str]]:
     """Label each run by the recipe keys whose values differ between the runs (a sweep's grid)."""
     ignore = {"run_name", "output_root", "resume", "node_rank", "master_addr", "master_port"}
-    keys = sorted({k for r in runs for k in r.params} - ignore)
-    differ = [k for k in keys if len({json.dumps(r.params.get(k), default=str) for r in runs}) > 1]
-    return {r.name: [f"{k}={r.params.get(k)}" for k in differ] for r in runs}
+    keyed = [r for r in runs if r.params]  # a plain TRL run has no recipe: nothing to compare it by
+    keys = sorted({k for r in keyed for k in r.params} - ignore)
+    differ = [k for k in keys if len({json.dumps(r.params.get(k), default=str) for r in keyed}) > 1]
+    return {r.name: [f"{k}={r.params.get(k)}" for k in differ] if r.params else [] for r in runs}
 
 
 def params_table(runs: Sequence[Run]):

@@ -42,7 +42,10 @@ _SHARED_DEFAULTS: dict[str, tuple[Any, str]] = {
     "save_steps": (200, "a checkpoint every 200 steps"),
     "save_total_limit": (2, "checkpoints are large: keep the last two"),
     "eval_strategy": ("epoch", "held-out loss after every epoch"),
-    "report_to": ("none", "the kit writes metrics.jsonl itself"),
+    "report_to": (
+        "tensorboard",
+        "event files in <run>/runs/ (rank 0 only): `tensorboard --logdir runs`; metrics.jsonl as well",
+    ),
     "seed": (42, "the same data order and initialisation on every run"),
 }
 SFT_DEFAULTS: dict[str, tuple[Any, str]] = {
