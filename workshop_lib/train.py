@@ -100,19 +100,23 @@ def train_saved(recipe: Recipe, log_dir: str, tokenizer, folder: str) -> TrainRe
 
 
 def record(recipe: Recipe, result: TrainResult) -> None:
-    """Node 0 records the try (tries.jsonl) and, for a finished run, result.json."""
+    """Node 0 records the try (tries.jsonl) and, for a finished run, result.json and the model card."""
+    from . import modelcard
+
     if runfolder.is_node_zero(recipe):
         runfolder.record_try(recipe.run_dir, result)
         if not result.preempted:
             runfolder.write_result(recipe.run_dir, result.to_dict())
+            modelcard.write(recipe.run_dir)
 
 
 def record_scores(recipe: Recipe, result: TrainResult, before: dict | None, after: dict | None) -> None:
-    """Add held-out exact match before/after to a finished run's result.json (node 0)."""
-    from . import scoring
+    """Add held-out exact match before/after to a finished run's result.json and model card (node 0)."""
+    from . import modelcard, scoring
 
     if runfolder.is_node_zero(recipe) and not result.preempted:
         runfolder.write_result(recipe.run_dir, {**result.to_dict(), **scoring.summary(before, after)})
+        modelcard.write(recipe.run_dir)
 
 
 def run(recipe: Recipe) -> TrainResult:
