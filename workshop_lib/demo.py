@@ -26,8 +26,13 @@ NOTEBOOKS = [
 ]
 
 
-def run_notebook(name: str, out_dir: Path, parameters: dict, log_output: bool = False) -> Path:
-    """Execute notebooks/<name>.ipynb with papermill into out_dir/<name>.ipynb (cwd: the repository)."""
+def run_notebook(
+    name: str, out_dir: Path, parameters: dict, log_output: bool = False, cell_timeout_s: int = 900
+) -> Path:
+    """Execute notebooks/<name>.ipynb with papermill into out_dir/<name>.ipynb (cwd: the repository).
+
+    cell_timeout_s: a cell (or a reply from the kernel) that takes longer fails the run instead of waiting
+    forever: on a heavily loaded machine a kernel's reply can be lost, and papermill would wait for it."""
     import papermill as pm
 
     out = Path(out_dir) / f"{name}.ipynb"
@@ -39,6 +44,7 @@ def run_notebook(name: str, out_dir: Path, parameters: dict, log_output: bool = 
         kernel_name="python3",
         progress_bar=False,
         log_output=log_output,
+        execution_timeout=cell_timeout_s,
     )
     return out
 

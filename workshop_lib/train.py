@@ -110,12 +110,20 @@ def record(recipe: Recipe, result: TrainResult) -> None:
             modelcard.write(recipe.run_dir)
 
 
-def record_scores(recipe: Recipe, result: TrainResult, before: dict | None, after: dict | None) -> None:
-    """Add held-out exact match before/after to a finished run's result.json and model card (node 0)."""
+def record_scores(
+    recipe: Recipe,
+    result: TrainResult,
+    before: dict | None,
+    after: dict | None,
+    preference: tuple[dict | None, dict | None] = (None, None),
+) -> None:
+    """Add held-out exact match before/after (and, for DPO, the preference scores before/after) to a
+    finished run's result.json and model card (node 0)."""
     from . import modelcard, scoring
 
     if runfolder.is_node_zero(recipe) and not result.preempted:
-        runfolder.write_result(recipe.run_dir, {**result.to_dict(), **scoring.summary(before, after)})
+        scores = {**scoring.summary(before, after), **scoring.preference_summary(*preference)}
+        runfolder.write_result(recipe.run_dir, {**result.to_dict(), **scores})
         modelcard.write(recipe.run_dir)
 
 
@@ -131,12 +139,18 @@ def run(recipe: Recipe) -> TrainResult:
         or not recipe.n_generate
     ):
         return result
-    rows = build.rows(recipe.eval_file, int(recipe.trl.get("seed", 0)))
+    rows = build.rows(recipe.eval_file, int(recipe.trl.get("seed", 0)), build.row_kind(recipe))
     scores = scoring.from_run_folder(recipe, rows)
-    record_scores(recipe, result, scores["before"], scores["after"])
+    preference = (scores.get("preference_before"), scores.get("preference_after"))
+    record_scores(recipe, result, scores["before"], scores["after"], preference)
     print(
         f"held-out exact match: {scores['before']['exact_match']:.1%} -> {scores['after']['exact_match']:.1%}"
     )
+    if preference[1]:
+        print(
+            f"held-out preference accuracy: {preference[0]['accuracy']:.1%} -> {preference[1]['accuracy']:.1%}, "
+            f"reward margin {preference[1]['reward_margin']:.3f}"
+        )
     return result
 
 
