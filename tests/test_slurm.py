@@ -39,7 +39,7 @@ PARITY = {
     "per_device_train_batch_size": 4,
 }
 # DPO through the same job path (notebook 06 on each node), from the kit's tiny model, one stop mid-way
-DPO_PARITY = {**PARITY, "max_steps": 16, "model": "tiny"}
+DPO_PARITY = {**PARITY, "max_steps": 16, "model": "tiny", "eval_file": None}  # no final eval: 1 min
 LONG = {**FAST, "max_steps": 3000, "logging_steps": 5, "collective_timeout_s": 1800}
 
 
