@@ -101,24 +101,29 @@ def generate(n_train: int, n_eval: int, seed: int = 0, unique: bool = True) -> t
 
     unique=False allows repeated lists (for benchmarks larger than the ~36k distinct lists there are).
     """
+    train, held_out, _, _ = _generate(n_train, n_eval, seed, unique)
+    return train, held_out
+
+
+def _generate(n_train: int, n_eval: int, seed: int, unique: bool = True) -> tuple[list, list, list, list]:
+    """(train conversations, held-out conversations, their lists), in the same order."""
     possible = sum(math.comb(4, k) * 6**k * math.factorial(k) for k in (2, 3, 4))
     if unique and n_train + n_eval > possible:
         raise ValueError(f"only {possible} distinct lists exist: ask for fewer, or pass unique=False")
     rng = random.Random(seed)
     lists = draw_lists(rng, n_train + n_eval, unique)
     eval_lists, train_lists = lists[:n_eval], lists[n_eval:]
-    return [conversation(rng, x) for x in train_lists], [conversation(rng, x) for x in eval_lists]
+    train = [conversation(rng, x) for x in train_lists]
+    return train, [conversation(rng, x) for x in eval_lists], train_lists, eval_lists
 
 
 def generate_pairs(
     n_train: int, n_eval: int, n_pairs_train: int, seed: int = 0
 ) -> tuple[list[dict], list[dict]]:
-    """Preference pairs from the first n_pairs_train training lists and every held-out list (same lists as
-    generate(); their own random stream, so the conversation files do not change)."""
-    lists = draw_lists(random.Random(seed), n_train + n_eval)  # the lists generate() draws first
-    train, held_out = generate(n_train, n_eval, seed)
+    """Preference pairs from the first n_pairs_train training conversations and every held-out one (their
+    own random stream, so the conversation files do not change)."""
+    train, held_out, train_lists, eval_lists = _generate(n_train, n_eval, seed)
     pair_rng = random.Random(f"pairs/{seed}")
-    eval_lists, train_lists = lists[:n_eval], lists[n_eval:]
     return (
         preference_pairs(pair_rng, train[:n_pairs_train], train_lists[:n_pairs_train]),
         preference_pairs(pair_rng, held_out, eval_lists),

@@ -252,7 +252,7 @@ def _answer_start(conversation: list) -> int:
 
 def _hh(text: str) -> list[dict] | None:
     """hh-rlhf text ('\\n\\nHuman: ...\\n\\nAssistant: ...') -> turns, or None if it is not that format."""
-    parts = _HH_TURN.split("\n\n" + text.lstrip("\n") if not text.startswith("\n\n") else text)
+    parts = _HH_TURN.split("\n\n" + text.lstrip("\n"))  # the first turn may come without its blank line
     if len(parts) < 3 or parts[0].strip():
         return None
     roles = {"Human": "user", "Assistant": "assistant"}
