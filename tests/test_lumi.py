@@ -318,7 +318,6 @@ def test_local_and_nvidia_profiles_render_as_before(render):
 
 
 def test_the_job_runs_the_notebook_of_the_recipes_trainer(render):
-    from workshop_lib import submit
 
     dpo = {"trainer": "dpo"}
     job = render("local", "recipes/tiny_cpu.yaml", 1, dpo, launcher="python")
@@ -326,18 +325,11 @@ def test_the_job_runs_the_notebook_of_the_recipes_trainer(render):
         'NOTEBOOK="notebooks/06_preference_tuning.ipynb"' in job.script and 'LAUNCHER="python"' in job.script
     )
     assert job.recipes["recipe.yaml"]["trainer"] == "dpo"  # `workshop_lib train` reads the trainer from it
-    # papermill runs notebook 06 (written in parallel with this test: either it is there, or submit refuses
-    # to queue a job that would fail, and says what to do)
-    if (REPO_ROOT / "notebooks" / "06_preference_tuning.ipynb").exists():
-        assert (
-            'NOTEBOOK="notebooks/06_preference_tuning.ipynb"'
-            in render("lumi", "recipes/tiny_cpu.yaml", 1, dpo).script
-        )
-    else:
-        with pytest.raises(
-            submit.SubmitError, match="06_preference_tuning.ipynb .* does not exist.*--launcher python"
-        ):
-            render("lumi", "recipes/tiny_cpu.yaml", 1, dpo)
+    # papermill runs notebook 06 on every node
+    assert (
+        'NOTEBOOK="notebooks/06_preference_tuning.ipynb"'
+        in render("lumi", "recipes/tiny_cpu.yaml", 1, dpo).script
+    )
     assert 'NOTEBOOK="notebooks/03_train.ipynb"' in render("lumi", "recipes/tiny_cpu.yaml", 1).script
 
 
