@@ -162,6 +162,7 @@ def test_06_preference_tuning_notebook(tmp_path, sft_model):
     cmd = [sys.executable, "-m", "papermill", "notebooks/06_preference_tuning.ipynb", str(out)]
     for k, v in {"model": sft_model, "output_root": tmp_path, "run_name": "nb06", "max_steps": 10}.items():
         cmd += ["-p", k, str(v)]
+    cmd += ["-y", "overrides: {n_generate: 40}"]  # scoring 40 held-out pairs is enough to show it
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()

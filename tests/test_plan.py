@@ -247,7 +247,7 @@ def test_qlora_is_planned_for_the_jobs_gpus_without_a_local_gpu():
         nproc_per_node=1,
         nnodes=1,
         world_size=1,
-        sft={"max_length": 4096, "per_device_train_batch_size": 1},
+        trl={"max_length": 4096, "per_device_train_batch_size": 1},
         lora={"r": 16},
     )
     out = plan.plan_recipe(recipe, gpu_memory_gb=24)
