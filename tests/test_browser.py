@@ -499,6 +499,9 @@ def test_06_preference_tuning(lab, trained_run, tmp_path):
         "output_root": str(tmp_path),
         "run_name": "browser-06",
         "max_steps": 6,
+        # 96 training pairs (6 steps of 16) and 16 held-out ones: DPOTrainer tokenizes every pair it is given
+        "train_file": [{"path": "data/synthetic/pairs_train.jsonl", "max_rows": 96}],
+        "eval_file": [{"path": "data/synthetic/pairs_eval.jsonl", "max_rows": 16}],
         "overrides": {
             k: v for k, v in FAST_TRAIN.items() if k not in ("max_steps", "eval_steps", "save_steps")
         },
