@@ -181,7 +181,9 @@ def newest_final(output_root: str | Path, trainer: str = "sft") -> Path | None:
     for result in Path(output_root).glob("*/result.json"):
         run = result.parent
         recorded = run / "recipe.yaml"
-        kind = (yaml.safe_load(recorded.read_text()) or {}).get("trainer", "sft") if recorded.exists() else None
+        kind = (
+            (yaml.safe_load(recorded.read_text()) or {}).get("trainer", "sft") if recorded.exists() else None
+        )
         if kind == trainer and (run / "final").is_dir():
             found.append((result.stat().st_mtime, run / "final"))
     return max(found)[1] if found else None
