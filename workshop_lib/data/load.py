@@ -46,22 +46,8 @@ def load_conversations(
     if paths not in trees.PATHS:
         raise ValueError(f"paths must be one of {', '.join(trees.PATHS)}, not {paths!r}")
     _check_columns(columns)
-    file = source = str(path)
-    if split is None:
-        source, split = split_spec(file)  # "org/name:test"; an existing path keeps any colon it has
-    report = Report(file)
-    rows = read_source(source, name=name, split=split, report=report)
-    if not rows and not report.problems:
-        report.problems.append(
-            Problem(
-                file,
-                None,
-                "(file)",
-                "no rows: the file is empty",
-                "check you gave the right file",
-                kind="empty file",
-            )
-        )
+    file = str(path)
+    rows, report = read_reported(path, name, split)
     out: list[dict] = []
     formats: Counter = Counter()
     tree_rows: list[Row] = []
@@ -118,6 +104,27 @@ def load_conversations(
     if report.problems and on_error == "raise":
         raise DataError(report)
     return out, report
+
+
+def read_reported(path: str | Path, name: str | None, split: str | None) -> tuple[list[Row], Report]:
+    """A source's raw records, and a report that names an empty file as a problem already."""
+    file = source = str(path)
+    if split is None:
+        source, split = split_spec(file)  # "org/name:test"; an existing path keeps any colon it has
+    report = Report(file)
+    rows = read_source(source, name=name, split=split, report=report)
+    if not rows and not report.problems:
+        report.problems.append(
+            Problem(
+                file,
+                None,
+                "(file)",
+                "no rows: the file is empty",
+                "check you gave the right file",
+                kind="empty file",
+            )
+        )
+    return rows, report
 
 
 def _from_trees(rows: list[Row], file: str, paths: str, report: Report) -> list[dict]:

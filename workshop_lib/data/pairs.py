@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .checks import validate
+from .load import read_reported
 from .problems import DataError, Problem, Report
-from .read import read_source, split_spec
 
 Found = list[tuple[str, str, str, str]]  # (field, message, hint, kind), as checks.validate returns
 HINT_FIELDS = 'give each row "chosen" and "rejected" (answers or whole conversations), and a "prompt" unless both conversations start with it'
@@ -138,22 +138,9 @@ def load_preferences(
     """
     if on_error not in ("raise", "drop"):
         raise ValueError(f"on_error must be 'raise' or 'drop', not {on_error!r}")
-    file = source = str(path)
-    if split is None:
-        source, split = split_spec(file)
-    report = Report(file, format="preference pairs")
-    rows = read_source(source, name=name, split=split, report=report)
-    if not rows and not report.problems:
-        report.problems.append(
-            Problem(
-                file,
-                None,
-                "(file)",
-                "no rows: the file is empty",
-                "check you gave the right file",
-                kind="empty file",
-            )
-        )
+    file = str(path)
+    rows, report = read_reported(path, name, split)
+    report.format = "preference pairs"
     out = []
     for row in rows:
         report.rows += 1
