@@ -302,13 +302,7 @@ def load_recipe(
         origin[k] = "override"
 
     trainer = params.get("trainer", Recipe.trainer)
-    if trainer not in TRAINERS:
-        close = difflib.get_close_matches(str(trainer), TRAINERS, n=1)
-        raise RecipeError(
-            f"{label}: trainer: {trainer!r} is not one of {', '.join(TRAINERS)}"
-            + (f" (did you mean {close[0]!r}?)" if close else "")
-            + "."
-        )
+    _one_of("trainer", trainer, TRAINERS, label)  # first: it decides which TRL config the keys belong to
     defaults = DEFAULTS[trainer]
     trl_fields, lora_fields = _trl_fields(trainer), _lora_fields()
     hints = typing.get_type_hints(Recipe)
@@ -348,14 +342,7 @@ def load_recipe(
         if value < (0 if key == "n_generate" else 1):
             raise RecipeError(f"{label}: {key}: expected a positive integer, got {value!r}.")
     for key, allowed in (("method", METHODS), ("distributed", DISTRIBUTED), ("system_prompt", SYSTEM_PROMPT)):
-        value = kit.get(key, getattr(Recipe, key))
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), allowed, n=1)
-            raise RecipeError(
-                f"{label}: {key}: {value!r} is not one of {', '.join(allowed)}"
-                + (f" (did you mean {close[0]!r}?)" if close else "")
-                + "."
-            )
+        _one_of(key, kit.get(key, getattr(Recipe, key)), allowed, label)
     run_name = kit.get("run_name", Recipe.run_name)
     if not run_name or "/" in run_name:
         raise RecipeError(f"{label}: run_name: {run_name!r} must be a plain folder name (no '/').")
@@ -379,6 +366,17 @@ def load_recipe(
     )
     _check_combinations(recipe, label)
     return recipe
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...], label: str) -> None:
+    """A RecipeError (with a "did you mean") unless value is one of the allowed names."""
+    if value not in allowed:
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        raise RecipeError(
+            f"{label}: {key}: {value!r} is not one of {', '.join(allowed)}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+            + "."
+        )
 
 
 def _check_combinations(r: Recipe, label: str) -> None:
