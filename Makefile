@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh machine (each sets up .venv first, quickly when done already):
-#   make demo   the demo pipeline on the bundled tiny model (notebooks 01 -> 05, headless, into runs/)
-#   make test   lint + the whole test suite
+#   make demo   the demo pipeline on the bundled tiny model (notebooks 01 -> 06, headless, into runs/)
+#   make test   lint + the whole test suite (what CI runs; before you stop)
+# While developing: make check   lint + the fast tier (tests not marked slow), on every change
 # Cluster builds of torch: TORCH_SPEC=skip VENV_FLAGS=--system-site-packages make setup  (see README)
 VENV ?= .venv
 PYTEST_ARGS ?= --durations=30
 PY := $(VENV)/bin/python
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint format bench
+.PHONY: setup demo test check lint format bench
 setup:
 	@bash scripts/setup.sh
 
@@ -19,6 +20,10 @@ test: setup
 	@bash scripts/install_browser.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

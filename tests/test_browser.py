@@ -39,6 +39,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
+pytestmark = pytest.mark.slow  # JupyterLab in headless Chromium: make test and CI run it
+
 WIDGET_ERRORS = ("Error displaying widget", "model not found", "Loading widget")
 FAST_TRAIN = {
     "max_steps": 10,

@@ -124,6 +124,7 @@ def dpo_recipe(tmp_path, sft_model, **overrides):
     )
 
 
+@pytest.mark.slow
 def test_dpo_prefers_the_chosen_answers_and_keeps_exact_match(tmp_path, sft_model):
     recipe = dpo_recipe(tmp_path, sft_model, n_generate=200)
     result = train.run(recipe)
@@ -148,6 +149,7 @@ def test_dpo_prefers_the_chosen_answers_and_keeps_exact_match(tmp_path, sft_mode
     assert any("rewards/margins" in x for x in logged)  # metrics.jsonl keeps DPO's own metrics
 
 
+@pytest.mark.slow
 def test_dpo_with_lora_on_two_processes(tmp_path, sft_model):
     recipe = dpo_recipe(tmp_path, sft_model, method="lora", nproc_per_node=2, max_steps=6, n_generate=0)
     result = train.fit(recipe)
@@ -164,6 +166,7 @@ eval_file: [{path: data/synthetic/pairs_eval.jsonl, max_rows: 40}]
 """
 
 
+@pytest.mark.slow
 def test_06_preference_tuning_notebook(tmp_path, sft_model):
     out = tmp_path / "06.ipynb"
     cmd = [sys.executable, "-m", "papermill", "notebooks/06_preference_tuning.ipynb", str(out)]

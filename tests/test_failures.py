@@ -7,6 +7,8 @@ import pytest
 
 from workshop_lib import failures, launch
 
+pytestmark = pytest.mark.slow  # several processes per test: make test and CI run it
+
 
 def _kill_rank_one_mid_collective():
     """Rank 1 dies by SIGKILL; rank 0, waiting in an all-reduce with it, loses its peer."""

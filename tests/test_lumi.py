@@ -57,6 +57,7 @@ def _fit(tmp_path, name):
     return train.fit(R.load_recipe(REPO_ROOT / "recipes" / "tiny_cpu.yaml", overrides=overrides))
 
 
+@pytest.mark.slow
 def test_spawned_workers_train_the_same_parameters_as_forked_ones(tmp_path, monkeypatch, capsys):
     """Two real CPU workers each way, the same threads per worker: the prepared datasets reach spawned
     workers through the run folder (saved once, removed after) and give the same parameters, bit for bit."""

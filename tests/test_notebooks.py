@@ -62,6 +62,7 @@ def shown_text(nb_path) -> str:
     )
 
 
+@pytest.mark.slow
 def test_00_setup_check_plans_a_local_model_as_a_table(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     text = shown_text(run_notebook("00_setup_check", tmp_path, {}))
@@ -69,6 +70,7 @@ def test_00_setup_check_plans_a_local_model_as_a_table(tmp_path, monkeypatch):
     assert "memory per GPU: total (GiB)" in text and "cannot plan" not in text and "memory_gib" not in text
 
 
+@pytest.mark.slow
 def test_00_setup_check_offline_hub_says_so_at_once(tmp_path, monkeypatch):
     """No HF_HUB_OFFLINE and no network: one probe, one line, no minute of hub retries."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -81,6 +83,7 @@ def test_00_setup_check_offline_hub_says_so_at_once(tmp_path, monkeypatch):
     assert "hf download LumiOpen/Poro-34B" in text
 
 
+@pytest.mark.slow
 def test_01_data_formatting(tmp_path):
     out = run_notebook("01_data_formatting", tmp_path, {"output_dir": str(tmp_path / "data")})
     text, kinds = outputs(out)
@@ -96,6 +99,7 @@ def test_01_data_formatting(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_02_chat_templates(tmp_path):
     out = run_notebook("02_chat_templates", tmp_path, {"max_length": 32})
     text, kinds = outputs(out)
@@ -122,6 +126,7 @@ def papermill_03(out, **params):
     return cmd
 
 
+@pytest.mark.slow
 def test_03_train_in_process_builds_the_trl_objects_step_by_step(tmp_path):
     out = tmp_path / "03.ipynb"
     proc = subprocess.run(
@@ -148,6 +153,7 @@ def test_03_train_in_process_builds_the_trl_objects_step_by_step(tmp_path):
     assert again.returncode != 0 and "resume = True" in again.stderr and "run_name = None" in again.stderr
 
 
+@pytest.mark.slow
 def test_03_train_lora_shows_the_lora_config(tmp_path):
     out = tmp_path / "03.ipynb"
     cmd = papermill_03(out, output_root=tmp_path, run_name="lora03", method="lora", max_steps=4)
@@ -158,6 +164,7 @@ def test_03_train_lora_shows_the_lora_config(tmp_path):
     assert (tmp_path / "lora03" / "final" / "adapter_config.json").exists()
 
 
+@pytest.mark.slow
 def test_03_train_a_recipe_key_the_notebook_does_not_declare_is_refused(tmp_path):
     cmd = papermill_03(tmp_path / "03.ipynb", output_root=tmp_path, warmup_steps=5)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -165,6 +172,7 @@ def test_03_train_a_recipe_key_the_notebook_does_not_declare_is_refused(tmp_path
     assert not any(p.is_dir() and p.name.startswith("demo-") for p in tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow
 def test_03_train_two_processes_ddp(tmp_path):
     out = tmp_path / "03.ipynb"
     cmd = papermill_03(out, output_root=tmp_path, run_name="nb-ddp", nproc_per_node=2, max_steps=10)
@@ -177,6 +185,7 @@ def test_03_train_two_processes_ddp(tmp_path):
     assert result["world_size"] == 2 and result["group_size"] == 2 and "exact_match_after" in result
 
 
+@pytest.mark.slow
 def test_03_train_as_two_nodes(tmp_path):
     """Two papermill runs (as two SLURM nodes would) join one process group of world size 2."""
     port = launch.free_port()
@@ -227,6 +236,7 @@ def lora_run(tmp_path_factory):
     return recipe.run_dir
 
 
+@pytest.mark.slow
 def test_04_loss_curves(tmp_path, lora_run):
     out = run_notebook("04_loss_curves", tmp_path, {"runs": str(lora_run)})
     text, kinds = outputs(out)
@@ -239,6 +249,7 @@ def test_04_loss_curves(tmp_path, lora_run):
     assert (lora_run / "summary.csv").exists()
 
 
+@pytest.mark.slow
 def test_05_chat_and_export_merges_lora(tmp_path, lora_run):
     out = run_notebook("05_chat_and_export", tmp_path, {"run": str(lora_run), "n_eval": 8})
     text, kinds = outputs(out)

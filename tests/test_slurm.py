@@ -21,6 +21,8 @@ from slurm_cluster import for_tests
 
 from workshop_lib.paths import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # a real Slurm cluster: make test and CI run it, make check does not
+
 FAST = {
     "max_steps": 6,
     "logging_steps": 2,

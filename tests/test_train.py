@@ -111,6 +111,7 @@ def test_labels_reaching_the_model_equal_the_token_view(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- run folders and resume
+@pytest.mark.slow
 def test_in_process_run_folder_is_complete_and_never_overwritten(tmp_path):
     r = make(tmp_path, "one", eval_strategy="steps", eval_steps=6)
     res = train.fit(r)
@@ -133,6 +134,7 @@ def test_in_process_run_folder_is_complete_and_never_overwritten(tmp_path):
     assert (run / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_a_stop_request_before_training_is_kept_until_training_acts_on_it(tmp_path):
     """A Slurm signal can arrive while a try is still loading: the STOP file must survive until training
     reads it; then the run checkpoints, stops, and resumes with tokens and runtime summed over tries."""
@@ -165,6 +167,7 @@ def test_a_stop_request_before_training_is_kept_until_training_acts_on_it(tmp_pa
     assert all("loss_window" not in m for m in logged[1:])
 
 
+@pytest.mark.slow
 def test_resume_on_another_world_size_keeps_the_global_batch(tmp_path, capsys):
     params = dict(per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=6, save_steps=3)
     r = make(tmp_path, "grow", **params)
@@ -179,6 +182,7 @@ def test_resume_on_another_world_size_keeps_the_global_batch(tmp_path, capsys):
         )
 
 
+@pytest.mark.slow
 def test_train_command_runs_the_same_path_and_scores_before_and_after(tmp_path):
     import subprocess
     import sys
@@ -206,6 +210,7 @@ def ddp_run(tmp_path_factory):
     return root, shared, res
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_form_one_group_and_match_single_process(tmp_path, ddp_run):
     root, shared, ddp = ddp_run
     train.fit(make(tmp_path, "single", **{**shared, "per_device_train_batch_size": 8}))
@@ -220,6 +225,7 @@ def test_ddp_two_processes_form_one_group_and_match_single_process(tmp_path, ddp
 
 
 @pytest.mark.parametrize("strategy, stage", [("zero2", 2), ("zero3", 3)])
+@pytest.mark.slow
 def test_zero_stages_shard_as_named_and_train_like_ddp(tmp_path, ddp_run, strategy, stage):
     root, shared, ddp = ddp_run
     res = train.fit(make(tmp_path, strategy, distributed=strategy, nproc_per_node=2, **shared))
@@ -236,6 +242,7 @@ def test_zero_stages_shard_as_named_and_train_like_ddp(tmp_path, ddp_run, strate
     assert (tmp_path / strategy / "final" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_resume_is_exact_with_three_ranks(tmp_path):
     """DDP rebuilds its gradient buckets after the first backward; with 3+ ranks a resumed run must rebuild
     them too, or its parameters drift in the last bits. Resumed at steps that are not multiples of the
@@ -274,6 +281,7 @@ def _fails_on_rank_one():
     return os.environ["RANK"] if not dist.is_initialized() else "ok"
 
 
+@pytest.mark.slow
 def test_a_failing_worker_fails_with_its_traceback():
     with pytest.raises(launch.LaunchError) as err:
         launch.run(_fails_on_rank_one, nproc_per_node=2, master_port=launch.free_port())
