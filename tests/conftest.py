@@ -45,3 +45,27 @@ def tiny_model_dir(tmp_path_factory):
     from workshop_lib.model import build_tiny_model
 
     return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def short_sft_run(tmp_path_factory, tiny_model_dir):
+    """A finished SFT run of a few steps (a run folder with final/ and result.json), shared by the tests
+    that start from an SFT model: notebooks 05 and 06, DPO."""
+    from workshop_lib import recipe, train
+
+    root = tmp_path_factory.mktemp("sft-runs")
+    r = recipe.load_recipe(
+        "recipes/tiny_cpu.yaml",
+        overrides=dict(
+            run_name="sft-short",
+            output_root=str(root),
+            max_steps=6,
+            logging_steps=2,
+            save_steps=6,
+            eval_strategy="no",
+            n_generate=0,
+            warmup_steps=0,
+        ),
+    )
+    train.fit(r)
+    return r.run_dir

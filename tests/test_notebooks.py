@@ -165,10 +165,13 @@ def test_03_train_lora_shows_the_lora_config(tmp_path):
 
 
 @pytest.mark.slow
-def test_03_train_a_recipe_key_the_notebook_does_not_declare_is_refused(tmp_path):
-    cmd = papermill_03(tmp_path / "03.ipynb", output_root=tmp_path, warmup_steps=5)
+def test_03_train_a_name_that_is_no_recipe_key_is_refused_before_anything_is_written(tmp_path):
+    cmd = papermill_03(tmp_path / "03.ipynb", output_root=tmp_path, learnig_rate=5)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode != 0 and "Pass them in the overrides dict" in proc.stderr
+    assert (
+        proc.returncode != 0
+        and "'learnig_rate' is not a recipe key (did you mean 'learning_rate'" in proc.stderr
+    )
     assert not any(p.is_dir() and p.name.startswith("demo-") for p in tmp_path.iterdir())  # nothing written
 
 

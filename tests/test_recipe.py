@@ -2,6 +2,7 @@
 
 import pytest
 
+from workshop_lib import params
 from workshop_lib import recipe as R
 from workshop_lib.model import REPO_ROOT
 
@@ -47,20 +48,55 @@ def test_a_recipe_is_resolved_once_and_cannot_change(tmp_path):
     assert changed.origin["learning_rate"] == "recipe file"
 
 
-def test_notebook_recipe_merges_parameters_onto_the_recipe():
-    """Notebook 03: declared parameters and overrides change the recipe, never replace it."""
-    r = R.notebook_recipe(
-        "recipes/tiny_cpu.yaml", {"warmup_steps": 0}, run_name=None, max_steps=7, method=None
+def test_notebook_recipe_merges_parameters_onto_the_recipe(tmp_path):
+    """The parameters cell's values change the recipe, never replace it; any recipe key may be set there."""
+    r = params.notebook_recipe(
+        {
+            "recipe_file": "recipes/tiny_cpu.yaml",
+            "overrides": {"r": 8},
+            "run_name": None,
+            "max_steps": 7,
+            "method": "lora",
+            "warmup_steps": 0,
+            "beta": None,
+        }
     )
     assert r.trl["learning_rate"] == 2e-3 and r.trl["num_train_epochs"] == 2  # still the recipe's
-    assert r.trl["max_steps"] == 7 and r.trl["warmup_steps"] == 0 and r.method == "full"
+    assert r.trl["max_steps"] == 7 and r.trl["warmup_steps"] == 0 and r.method == "lora" and r.lora["r"] == 8
+    assert r.origin["warmup_steps"] == "parameters cell" and r.origin["learning_rate"] == "recipe file"
     assert r.run_name.startswith("demo-") and r.run_name != "demo"  # a fresh folder each time
-    named = R.notebook_recipe("recipes/tiny_cpu.yaml", {}, run_name="mine")
-    assert named.run_name == "mine"
+    base = {"recipe_file": "recipes/tiny_cpu.yaml", "output_root": str(tmp_path)}
+    first = params.notebook_recipe(base)
+    first.run_dir.mkdir()
+    assert params.notebook_recipe(base).run_name == first.run_name + "-2"  # the same second: still fresh
+    assert params.notebook_recipe({**base, "run_name": "mine"}).run_name == "mine"
     with pytest.raises(R.RecipeError, match="multi-node run needs run_name"):
-        R.notebook_recipe("recipes/tiny_cpu.yaml", {}, run_name=None, nnodes=2)
-    with pytest.raises(R.RecipeError, match=r"parameters \['warmup_steps'\] are recipe keys .* overrides"):
-        R.stray_parameters({"warmup_steps": 0, "recipe_file": "x", "max_steps": 3, "_private": 1})
+        params.notebook_recipe({**base, "nnodes": 2})
+    with pytest.raises(
+        R.RecipeError, match=r"'learnig_rate' is not a recipe key \(did you mean 'learning_rate'"
+    ):
+        params.notebook_recipe({**base, "learnig_rate": 1e-3})
+    with pytest.raises(R.RecipeError, match=r"'beta' is not a recipe key \(it is a key of DPOConfig"):
+        params.notebook_recipe({**base, "beta": 0.5})
+    with pytest.raises(R.RecipeError, match="overrides = 3: expected a dict"):
+        params.notebook_recipe({**base, "overrides": 3})
+
+
+def test_parameters_are_read_from_the_parameters_cells_not_the_namespace():
+    """The newest run of the parameters cell (and papermill's injected cell after it), evaluated on its own."""
+    ours = '# Parameters: edit\nrecipe_file = "recipes/tiny_cpu.yaml"\nlearning_rate = None\nsteps: int = 2 * 3\n'
+    injected = "# Parameters\nlearning_rate = 0.01\nwarmup_steps = 0\n"
+    history = ["import x", ours, injected, "trainer = 1", "model = object()"]
+    assert params.read_cells(history) == {
+        "recipe_file": "recipes/tiny_cpu.yaml",
+        "learning_rate": 0.01,
+        "steps": 6,
+        "warmup_steps": 0,
+    }
+    edited = ours.replace("learning_rate = None", "learning_rate = 0.5")
+    assert params.read_cells([*history, edited, "trainer = 2"])["learning_rate"] == 0.5  # the newest run
+    with pytest.raises(R.RecipeError, match="no parameters cell has run in this kernel"):
+        params.read_cells(["import x", "trainer = 1"])
 
 
 def write(tmp_path, text):

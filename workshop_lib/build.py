@@ -13,6 +13,7 @@ from typing import Any
 
 from . import chat
 from .recipe import Recipe, RecipeError
+from .trainers import KINDS
 
 
 def device_kind() -> str:
@@ -46,7 +47,7 @@ def rows(spec: Any, seed: int = 0, kind: str = "messages") -> list[dict]:
 
 def row_kind(recipe: Recipe) -> str:
     """What the recipe's data files hold: conversations for SFT, preference pairs for DPO."""
-    return "preference" if recipe.trainer == "dpo" else "messages"
+    return KINDS[recipe.trainer].data
 
 
 def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
@@ -100,9 +101,7 @@ def _preference_datasets(recipe: Recipe) -> tuple[Any, Any, list[dict]]:
 
 def trainer_class(recipe: Recipe) -> type:
     """TRL's trainer for the recipe: SFTTrainer or DPOTrainer."""
-    import trl
-
-    return {"sft": trl.SFTTrainer, "dpo": trl.DPOTrainer}[recipe.trainer]
+    return KINDS[recipe.trainer].trainer_class()
 
 
 def model(recipe: Recipe, tokenizer):
@@ -158,22 +157,55 @@ class TiedWeightsAreNotMissing(logging.Filter):
         return not all(any(t in part for t in self.tied) for part in msg.split("[", 1)[-1].split(","))
 
 
-def lora_config(recipe: Recipe, model=None):
-    """PEFT's LoraConfig for method lora/qlora (None for full fine-tuning): the recipe's keys over the kit's
-    defaults. If the tokenizer brought new tokens (the model's embeddings grew), their embeddings must train,
-    so those modules are saved whole."""
+LORA_DEFAULTS: dict[str, tuple[Any, str]] = {
+    "r": (16, "rank of the low-rank update: 8-64 is usual; higher learns more and costs more"),
+    "lora_alpha": (32, "scale alpha/r = 2: the update's weight, kept when r changes"),
+    "lora_dropout": (0.0, "no dropout: short fine-tuning runs rarely overfit through the adapters"),
+    "target_modules": (
+        "all-linear",
+        "adapters beside every linear layer (QLoRA paper): better than q,v only",
+    ),
+}
+
+
+def lora_args(recipe: Recipe, model=None) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """Keyword arguments for PEFT's LoraConfig (None for method full): the recipe's keys over the kit's
+    defaults, and {key: why} for what the kit chose. If the tokenizer brought new tokens (the model's
+    embeddings grew), their embeddings must train, so those modules are saved whole."""
     if recipe.method == "full":
-        return None
-    from peft import LoraConfig
+        return None, {}
     from transformers import AutoConfig
 
     from .model import resolve_model
 
-    kwargs = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": "all-linear", **recipe.lora}
+    kwargs: dict[str, Any] = {"task_type": "CAUSAL_LM"}
+    why = {"task_type": "a causal language model: PEFT wraps it for generation"}
+    for key, (value, reason) in LORA_DEFAULTS.items():
+        if key not in recipe.lora:
+            kwargs[key], why[key] = value, reason
+    kwargs.update(recipe.lora)
     base_vocab = AutoConfig.from_pretrained(resolve_model(recipe.model)).vocab_size
     if model is not None and model.get_input_embeddings().weight.shape[0] > base_vocab:
-        kwargs.setdefault("modules_to_save", ["embed_tokens", "lm_head"])
-    return LoraConfig(task_type="CAUSAL_LM", **kwargs)
+        if "modules_to_save" not in kwargs:
+            kwargs["modules_to_save"] = ["embed_tokens", "lm_head"]
+            why["modules_to_save"] = "the tokenizer added tokens: their new embeddings must train too"
+    return kwargs, why
+
+
+def lora_config(recipe: Recipe, model=None):
+    """PEFT's LoraConfig built from lora_args (None for full fine-tuning): what the workers use."""
+    kwargs, _ = lora_args(recipe, model)
+    if kwargs is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(**kwargs)
+
+
+def as_trained(recipe: Recipe, messages: list[dict]) -> list[dict]:
+    """One conversation as training sees it (system prompt merged when the recipe says so): what the token
+    view in notebook 03 shows."""
+    return chat.merge_system_prompt(messages) if recipe.system_prompt == "merge" else messages
 
 
 def trl_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
@@ -193,7 +225,8 @@ def trl_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
         decide(
             "assistant_only_loss",
             False,
-            "the kit labels the answers itself (chat.encode, as notebook 02 shows); TRL keeps those labels",
+            "the recipe's assistant_only_loss is done already: the kit put -100 on every token but the answers "
+            "(chat.encode, section 3); False keeps TRL from masking again",
         )
     if "activation_checkpointing" not in args and "gradient_checkpointing" not in args:
         decide(
@@ -270,9 +303,7 @@ def _distribution(recipe: Recipe, args: dict, decide, gpu: bool) -> None:
 
 def trl_config(recipe: Recipe):
     """TRL's SFTConfig or DPOConfig built from trl_args."""
-    from .recipe import trl_config_class
-
-    return trl_config_class(recipe.trainer)(**trl_args(recipe)[0])
+    return KINDS[recipe.trainer].config_class()(**trl_args(recipe)[0])
 
 
 def callbacks(recipe: Recipe) -> list:

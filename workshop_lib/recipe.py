@@ -3,8 +3,8 @@
 A recipe is a YAML file. Its keys are the fields of TRL's config for the recipe's trainer (`SFTConfig` for
 `trainer: sft`, `DPOConfig` for `trainer: dpo`: learning_rate, num_train_epochs, beta, ...), PEFT `LoraConfig`
 fields (r, lora_alpha, ...) and the kit's own keys, the fields of `Recipe` below. The same
-keys appear in notebook 03's `overrides`, in `-p key value` on the command line, in sweep grids and in the
-resolved recipe.yaml of a run folder. `load_recipe` turns a file plus overrides into a frozen `Recipe`:
+keys appear as plain variables in a notebook's parameters cell (workshop_lib.params), in `-p key value` on
+the command line, in sweep grids and in the resolved recipe.yaml of a run folder. `load_recipe` turns a file plus overrides into a frozen `Recipe`:
 paths resolved, defaults filled, every key checked, so that what the workers and the run folder see is
 exactly what was validated.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import time
 import types
 import typing
 from collections.abc import Mapping
@@ -24,63 +23,11 @@ from typing import Any
 import yaml
 
 from .paths import resolve, resolve_source
+from .trainers import KINDS, TRAINERS, trl_fields
 
-TRAINERS = ("sft", "dpo")
 METHODS = ("full", "lora", "qlora")
 DISTRIBUTED = ("ddp", "fsdp", "zero2", "zero3")
 SYSTEM_PROMPT = ("keep", "merge")
-
-# The kit's defaults for TRL's config, each with the reason a participant reads in notebooks 03 and 06.
-_SHARED_DEFAULTS: dict[str, tuple[Any, str]] = {
-    "num_train_epochs": (1, "one pass over the data"),
-    "per_device_train_batch_size": (8, "conversations per process per step"),
-    "gradient_accumulation_steps": (1, "raise it to grow the global batch without more memory"),
-    "lr_scheduler_type": ("cosine", "decay to zero by the end"),
-    "warmup_steps": (0.03, "a float below 1 is a fraction of the steps: 3% warm-up"),
-    "logging_steps": (10, "one line of metrics.jsonl every 10 steps"),
-    "save_strategy": ("steps", "checkpoints during training: a preempted job resumes from the last one"),
-    "save_steps": (200, "a checkpoint every 200 steps"),
-    "save_total_limit": (2, "checkpoints are large: keep the last two"),
-    "eval_strategy": ("epoch", "held-out loss after every epoch"),
-    "report_to": (
-        "tensorboard",
-        "event files in <run>/runs/ (rank 0 only): `tensorboard --logdir runs`; metrics.jsonl as well",
-    ),
-    "seed": (42, "the same data order and initialisation on every run"),
-}
-SFT_DEFAULTS: dict[str, tuple[Any, str]] = {
-    "assistant_only_loss": (True, "train on the answers only: the prompt is given, not predicted"),
-    "padding_free": (True, "no pad tokens computed: conversations are concatenated (same loss, faster)"),
-    "learning_rate": (2e-5, "a safe rate for full fine-tuning of real models (LoRA takes ~1e-4)"),
-    **_SHARED_DEFAULTS,
-    "max_length": (2048, "longer conversations are cut (notebook 02 shows how many)"),
-}
-DPO_DEFAULTS: dict[str, tuple[Any, str]] = {
-    "beta": (0.1, "how far the policy may move from the reference model (higher: stay closer)"),
-    "learning_rate": (5e-7, "DPO moves a trained model a little: rates ~100x below SFT's (LoRA ~5e-6)"),
-    **_SHARED_DEFAULTS,
-    "max_length": (1024, "prompt plus answer, cut from the end (truncation_mode keep_start)"),
-}
-DEFAULTS = {"sft": SFT_DEFAULTS, "dpo": DPO_DEFAULTS}
-
-# Parameters notebook 03 declares; anything else goes through its `overrides` dict.
-NOTEBOOK_PARAMETERS = (
-    "run_name",
-    "resume",
-    "output_root",
-    "train_file",
-    "eval_file",
-    "model",
-    "method",
-    "nproc_per_node",
-    "nnodes",
-    "node_rank",
-    "master_addr",
-    "master_port",
-    "learning_rate",
-    "num_train_epochs",
-    "max_steps",
-)
 
 
 class RecipeError(ValueError):
@@ -192,16 +139,10 @@ def _field_docs() -> dict[str, str]:
 
 def trl_config_class(trainer: str = "sft") -> type:
     """TRL's config class for a trainer: SFTConfig or DPOConfig."""
-    import trl
-
-    return {"sft": trl.SFTConfig, "dpo": trl.DPOConfig}[trainer]
+    return KINDS[trainer].config_class()
 
 
-def _trl_fields(trainer: str = "sft") -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(trl_config_class(trainer)) if f.init}
-
-
-def _lora_fields() -> dict[str, dataclasses.Field]:
+def lora_fields() -> dict[str, dataclasses.Field]:
     from peft import LoraConfig
 
     skip = {"peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping"}
@@ -303,8 +244,8 @@ def load_recipe(
 
     trainer = params.get("trainer", Recipe.trainer)
     _one_of("trainer", trainer, TRAINERS, label)  # first: it decides which TRL config the keys belong to
-    defaults = DEFAULTS[trainer]
-    trl_fields, lora_fields = _trl_fields(trainer), _lora_fields()
+    defaults = KINDS[trainer].defaults
+    trl_keys, lora_keys = trl_fields(trainer), lora_fields()
     hints = typing.get_type_hints(Recipe)
     kit: dict[str, Any] = {}
     trl = {k: v for k, (v, _) in defaults.items()}
@@ -314,19 +255,19 @@ def load_recipe(
             kit[key] = (
                 value if key in ("train_file", "eval_file") else _check_type(key, value, hints[key], label)
             )
-        elif key in trl_fields:
-            trl[key] = _check_type(key, value, trl_fields[key].type, label)
-        elif key in lora_fields:
-            lora[key] = _check_type(key, value, lora_fields[key].type, label)
+        elif key in trl_keys:
+            trl[key] = _check_type(key, value, trl_keys[key].type, label)
+        elif key in lora_keys:
+            lora[key] = _check_type(key, value, lora_keys[key].type, label)
         else:
-            other = next(t for t in TRAINERS if t != trainer)
-            config = trl_config_class(trainer).__name__
-            if key in _trl_fields(other):
+            config = KINDS[trainer].config
+            other = [t for t in TRAINERS if t != trainer and key in trl_fields(t)]
+            if other:
                 raise RecipeError(
-                    f"{label}: {key!r} is a {trl_config_class(other).__name__} key, but this recipe has trainer: "
-                    f"{trainer} ({config}). Remove it, or set trainer: {other}."
+                    f"{label}: {key!r} is a {KINDS[other[0]].config} key, but this recipe has trainer: "
+                    f"{trainer} ({config}). Remove it, or set trainer: {other[0]}."
                 )
-            close = difflib.get_close_matches(key, [*KIT_FIELDS, *trl_fields, *lora_fields], n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key, [*KIT_FIELDS, *trl_keys, *lora_keys], n=1, cutoff=0.6)
             hint = (
                 f"did you mean {close[0]!r}?"
                 if close
@@ -409,51 +350,10 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def notebook_recipe(recipe_file: str | None, overrides: dict, **declared: Any) -> Recipe:
-    """Notebook 03's recipe: the file, then `overrides`, then every declared parameter that is not None.
-
-    run_name None means a fresh name, <recipe run_name>-<date>-<time>, so running the notebook again never
-    collides with the last run (several nodes must agree on a name: a multi-node job passes one).
-    """
-    unknown = set(declared) - set(NOTEBOOK_PARAMETERS)
-    if unknown:
-        raise RecipeError(
-            f"notebook parameters {sorted(unknown)} are not declared in recipe.NOTEBOOK_PARAMETERS"
-        )
-    given = {k: v for k, v in declared.items() if v is not None}
-    if not isinstance(overrides, dict):
-        raise RecipeError(f"overrides: expected a dict of recipe keys, got {overrides!r}.")
-    label = str(recipe_file) if recipe_file else "parameters"
-    base = load_recipe(recipe_file, overrides={**overrides, **given}, name=label)
-    if "run_name" not in given:
-        if base.nnodes > 1:
-            raise RecipeError(
-                f"{label}: a multi-node run needs run_name (every node must name the same folder)."
-            )
-        base = base.replace(run_name=f"{base.run_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    return base
-
-
-def stray_parameters(namespace: Mapping[str, Any]) -> None:
-    """Refuse recipe keys papermill injected that notebook 03 does not declare (they would be ignored)."""
-    stray = sorted(
-        k
-        for k in namespace
-        if not k.startswith("_")
-        and k not in NOTEBOOK_PARAMETERS
-        and (k in KIT_FIELDS or any(k in _trl_fields(t) for t in TRAINERS) or k in _lora_fields())
-    )
-    if stray:
-        raise RecipeError(
-            f"parameters {stray} are recipe keys this notebook does not declare. Pass them in the overrides dict: "
-            f"papermill -y 'overrides: {{{stray[0]}: ...}}', or in the recipe file."
-        )
-
-
 def explain(recipe: Recipe) -> list[tuple[str, Any, str, str]]:
     """Rows (key, value, from, why) for every key of the recipe: what notebook 03 shows first."""
     docs = _field_docs()
-    reasons = {k: why for k, (_, why) in DEFAULTS[recipe.trainer].items()}
+    reasons = {k: why for k, (_, why) in KINDS[recipe.trainer].defaults.items()}
     rows = []
     for key, value in recipe.to_dict().items():
         source = recipe.origin.get(key, "kit default")

@@ -93,16 +93,38 @@ def training_plan(recipe: Any, n_conversations: int, n_tokens: int, n_trained_to
         "tokens_per_epoch": n_tokens,
         "trained_tokens_per_epoch": n_trained_tokens,
         "tokens_total": int(n_tokens * epochs),
+        "warnings": _warnings(sft, steps),
     }
+
+
+def _warnings(trl: Any, steps: int) -> list[str]:
+    """Settings that make no sense for this many steps, each with what to type instead."""
+    out = []
+    warmup = trl.get("warmup_steps") or 0
+    warm = math.ceil(warmup * steps) if isinstance(warmup, float) and warmup < 1 else int(warmup)
+    if steps and warm >= steps:
+        out.append(
+            f"warm-up covers the whole run ({warm} warm-up steps, {steps} steps): the learning rate never reaches "
+            f"learning_rate. Lower it, e.g. warmup_steps = {steps // 10} (or 0.1: a tenth of the steps)."
+        )
+    logging = trl.get("logging_steps") or 0
+    if steps and isinstance(logging, int) and logging > steps:
+        out.append(
+            f"logging_steps {logging} > {steps} steps: the loss is logged once at most. "
+            f"Try logging_steps = {max(1, steps // 10)}."
+        )
+    return out
 
 
 def format_plan(plan: dict[str, Any]) -> str:
     """One aligned line per entry; integers with thousands separators."""
-    width = max(map(len, plan))
-    return "\n".join(
+    rows = {k: v for k, v in plan.items() if k != "warnings"}
+    width = max(map(len, rows))
+    lines = [
         f"{k:<{width}}  {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k:<{width}}  {v}"
-        for k, v in plan.items()
-    )
+        for k, v in rows.items()
+    ]
+    return "\n".join(lines + [f"WARNING: {w}" for w in plan.get("warnings", [])])
 
 
 def recipe_settings(recipe: Any) -> dict[str, Any]:

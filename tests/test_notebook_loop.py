@@ -1,0 +1,110 @@
+"""The participant's loop, in one kernel as in JupyterLab: Run All, Run All again, edit a value and Run All,
+make a mistake and follow the message to success, restart the kernel half-way. Every run must end without an
+error output and train a fresh run with the values the parameters cell shows (fast tier: short runs)."""
+
+import pytest
+import yaml
+from kernel_loop import Kernel
+
+# A short run: what the parameters cell of a participant in a hurry would say.
+SHORT = dict(max_steps=6, num_train_epochs=None)
+SHORT_OVERRIDES = {
+    "logging_steps": 2,
+    "save_steps": 6,
+    "eval_strategy": "no",
+    "n_generate": 4,
+    "warmup_steps": 0,
+}
+
+
+def runs_in(root):
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "recipe.yaml").exists())
+
+
+def recipe_of(run):
+    return yaml.safe_load((run / "recipe.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def kernel03():
+    with Kernel("03_train.ipynb", env={"OMP_NUM_THREADS": "1"}) as k:
+        yield k
+
+
+def test_03_run_all_twice_then_edit_then_run_all(kernel03, tmp_path):
+    k = kernel03
+    k.set(output_root=str(tmp_path), overrides=SHORT_OVERRIDES, **SHORT)
+    k.run_all()
+    k.run_all()  # the notebook's own `trainer`, `model`, `recipe` exist now: nothing may take them for parameters
+    first, second = runs_in(tmp_path)
+    assert all((r / "final").is_dir() and (r / "result.json").exists() for r in (first, second))
+    assert "held-out exact match: before" in k.text() and not k.error_outputs()
+
+    # edit a declared value and add a recipe key the cell does not list, as plain lines; Run All
+    k.set(learning_rate=0.01, lr_scheduler_type="constant")
+    k.run_all()
+    (third,) = set(runs_in(tmp_path)) - {first, second}
+    rec = recipe_of(third)
+    assert rec["learning_rate"] == 0.01 and rec["lr_scheduler_type"] == "constant" and rec["max_steps"] == 6
+    assert recipe_of(first)["learning_rate"] == 2e-3  # the earlier runs are untouched
+    assert "parameters cell" in k.text()  # the recipe table says where the edited values came from
+
+
+def test_03_a_mistake_stops_at_its_cell_with_one_line_and_the_fix_works(kernel03, tmp_path):
+    k = kernel03
+    k.set(output_root=str(tmp_path), overrides=SHORT_OVERRIDES, **SHORT)
+    k.set(learnig_rate=0.01)  # a typo, as participants make them
+    k.clear()
+    error = k.run()
+    assert error is not None and "did you mean 'learning_rate'" in str(error)
+    recipe_cell = k.index_of("params.parameters_cell()")
+    assert k.error_outputs() == [k.error_outputs()[0]] and "RecipeError" in k.error_outputs()[0]
+    assert not k.nb.cells[recipe_cell + 2].get(
+        "outputs"
+    )  # Run All stopped there: nothing ran on stale objects
+    assert not runs_in(tmp_path)  # and nothing was written
+    # the advice: rename it
+    cell = k.nb.cells[k.parameters_index]
+    cell.source = cell.source.replace("learnig_rate = 0.01", "learning_rate = 0.01")
+    k.run_all()
+    (run,) = runs_in(tmp_path)
+    assert recipe_of(run)["learning_rate"] == 0.01 and not k.error_outputs()
+
+
+def test_03_restart_half_way_then_the_recipe_cell_then_run_all(tmp_path):
+    with Kernel("03_train.ipynb", env={"OMP_NUM_THREADS": "1"}) as k:
+        k.set(output_root=str(tmp_path), overrides=SHORT_OVERRIDES, **SHORT)
+        train_cell = k.index_of("trainer.train(")
+        assert k.run(stop=train_cell) is None  # up to the training cell: a run folder exists, nothing trained
+        k.restart()
+        recipe_cell = k.index_of("params.parameters_cell()")
+        error = k.run(start=0, stop=2) or k.run(
+            start=recipe_cell, stop=recipe_cell + 1
+        )  # imports, then the recipe
+        assert error is not None and "no parameters cell has run in this kernel" in str(error)
+        assert "Run All" in str(error)  # what to do, in the notebook's terms
+        k.run_all()
+        half, done = runs_in(tmp_path)
+        assert not (half / "final").exists() and (done / "final").is_dir() and not k.error_outputs()
+
+
+def test_06_run_all_twice_starts_from_the_newest_sft_run(short_sft_run):
+    root = short_sft_run.parent
+    small = {
+        "train_file": [{"path": "data/synthetic/pairs_train.jsonl", "max_rows": 32}],
+        "eval_file": [{"path": "data/synthetic/pairs_eval.jsonl", "max_rows": 8}],
+        "n_generate": 4,
+        "logging_steps": 2,
+        "save_steps": 4,
+        "eval_strategy": "no",
+        "warmup_steps": 0,
+    }
+    with Kernel("06_preference_tuning.ipynb", env={"OMP_NUM_THREADS": "1"}) as k:
+        k.set(output_root=str(root), overrides=small, max_steps=4, num_train_epochs=None)
+        k.run_all()
+        k.run_all()
+        assert not k.error_outputs()
+        dpo = [r for r in runs_in(root) if recipe_of(r)["trainer"] == "dpo"]
+        assert len(dpo) == 2 and all((r / "final").is_dir() for r in dpo)
+        assert all(recipe_of(r)["model"] == str(short_sft_run / "final") for r in dpo)
+        assert str(short_sft_run.name) in k.text()  # it says which run it starts from
