@@ -200,6 +200,15 @@ class Lab:
         until(finished, timeout, "Run All to finish", every=0.3)
         return time.time() - t0 - 0.6
 
+    def type_at_end_of_cell(self, code_cell: int, text: str) -> None:
+        """Click into a code cell's editor, go to its end and type, as a person would."""
+        editor = self.panel().find_elements(By.CSS_SELECTOR, ".jp-CodeCell .cm-content")[code_cell]
+        self.js("arguments[0].scrollIntoView()", editor)
+        editor.click()
+        editor.send_keys(Keys.CONTROL, Keys.END)
+        editor.send_keys(text)
+        until(lambda: text.strip() in editor.text, 10, f"{text.strip()!r} to appear in the cell")
+
     def widget_outputs(self) -> list:
         """The outputs that display a widget (not those nested inside another widget)."""
         return self.js(
@@ -433,17 +442,39 @@ def test_02_chat_templates(lab):
     reopen(lab, "02_chat_templates")
 
 
-def test_03_train(lab, tmp_path):
+def run_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if (p / "recipe.yaml").exists())
+
+
+def test_03_train_run_all_again_and_after_an_edit(lab, tmp_path):
+    """The participant's loop: Run All, Run All again in the same kernel, type a new line into the parameters
+    cell and Run All: three finished runs, each with the values the cell showed, no error output."""
     params = {
         "output_root": str(tmp_path),
-        "run_name": "browser-03",
         "max_steps": 10,
         "overrides": {k: v for k, v in FAST_TRAIN.items() if k != "max_steps"},
     }
     saved = run_in_browser(lab, "03_train", params, timeout=400)
     text = output_text(saved)
     assert "image/png" in json.dumps([c.get("outputs", []) for c in saved.cells])  # the live or final plot
-    assert "held-out exact match" in text and (tmp_path / "browser-03" / "result.json").exists()
+    assert "held-out exact match" in text and len(run_folders(tmp_path)) == 1
+    RUN_ALL_S["03_train again"] = lab.run_all(400)
+    saved = lab.save("03_train.ipynb")
+    assert not errors_in(saved), errors_in(saved)
+    assert len(run_folders(tmp_path)) == 2 and all(
+        (r / "result.json").exists() for r in run_folders(tmp_path)
+    )
+    # type a recipe key the cell does not list, as a new last line of the parameters cell
+    lab.type_at_end_of_cell(1, '\nlr_scheduler_type = "constant"')
+    RUN_ALL_S["03_train edited"] = lab.run_all(400)
+    saved = lab.save("03_train.ipynb")
+    assert not errors_in(saved), errors_in(saved)
+    newest = run_folders(tmp_path)[-1]
+    assert (
+        len(run_folders(tmp_path)) == 3
+        and "lr_scheduler_type: constant" in (newest / "recipe.yaml").read_text()
+    )
+    lab.screenshot("03_train.edited")
     reopen(lab, "03_train")
 
 
@@ -499,7 +530,6 @@ def test_06_preference_tuning(lab, trained_run, tmp_path):
     params = {
         "model": str(trained_run / "final"),  # DPO starts from an SFT model
         "output_root": str(tmp_path),
-        "run_name": "browser-06",
         "max_steps": 6,
         # 96 training pairs (6 steps of 16) and 16 held-out ones: DPOTrainer tokenizes every pair it is given
         "train_file": [{"path": "data/synthetic/pairs_train.jsonl", "max_rows": 96}],
@@ -512,5 +542,11 @@ def test_06_preference_tuning(lab, trained_run, tmp_path):
     text = output_text(saved)
     assert "before DPO: preference accuracy" in text and "reward margin (vs reference)" in text
     assert "image/png" in json.dumps([c.get("outputs", []) for c in saved.cells])  # loss and rewards plot
-    assert (tmp_path / "browser-06" / "result.json").exists()
+    assert [r.name for r in run_folders(tmp_path) if (r / "result.json").exists()]
+    RUN_ALL_S["06_preference_tuning again"] = lab.run_all(400)  # Run All again in the same kernel
+    saved = lab.save("06_preference_tuning.ipynb")
+    assert not errors_in(saved), errors_in(saved)
+    assert len(run_folders(tmp_path)) == 2 and all(
+        (r / "result.json").exists() for r in run_folders(tmp_path)
+    )
     reopen(lab, "06_preference_tuning")
