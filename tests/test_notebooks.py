@@ -213,8 +213,8 @@ def test_03_train_as_two_nodes(tmp_path):
     digests = []
     for rank in (0, 1):
         text, _ = outputs(tmp_path / f"03.node{rank}.ipynb")
-        assert re.search(r"group_size\s+2", text), text[-2000:]
-        digests.append(re.search(r"param_digest\s+(\w+)", text).group(1))
+        assert re.search(r"processes\s+2 ", text), text[-2000:]
+        digests.append(re.search(r"parameter digest\s+(\w+)", text).group(1))
     assert digests[0] == digests[1]
     result = json.loads((tmp_path / "two-nodes" / "result.json").read_text())
     assert result["world_size"] == 2

@@ -183,8 +183,8 @@ def test_two_node_training_job_logs_once(cluster, jobs):
         text = "".join(
             o.get("text", "") + str(o.get("data", {})) for c in nb.cells for o in c.get("outputs", [])
         )
-        digests.append(re.search(r"param_digest\W+(\w{16})", text).group(1))
-        assert re.search(r"world_size\W+2", text), text[-2000:]
+        digests.append(re.search(r"parameter digest\W+(\w{16})", text).group(1))
+        assert re.search(r"processes\W+2", text), text[-2000:]
     assert digests[0] == digests[1]  # both nodes ended with the same parameters
     assert (run / "loss_curves.png").exists() and (run / "result.json").exists()
     # node 0 writes to the job log, node 1 to its own file: each papermill line once

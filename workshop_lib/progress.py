@@ -1,5 +1,6 @@
 """Progress in the notebook: follow the run's live metrics.jsonl and print a line per log step (or redraw
-the live plot). The same display whether training runs in this process or in forked workers."""
+the live plot), then show the result as a table. The same display whether training runs in this process or
+in forked workers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def quiet_libraries() -> None:
@@ -114,3 +116,35 @@ def format_log_line(r: dict) -> str:
     if "tokens_per_s" in r:
         parts.append(f"{r['tokens_per_s']:,.0f} tok/s")
     return " | ".join(parts)
+
+
+def result_table(result: Any, run_dir: str | Path):
+    """What matters after train(): losses, steps, tokens, time, processes and where the model is, as a
+    two-column table (a pandas DataFrame) instead of the TrainResult's internals."""
+    import pandas as pd
+
+    r = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    steps = f"{r['global_step']} of {r['max_steps']}"
+    if r.get("start_step"):
+        steps += f" (resumed at step {r['start_step']})"
+    rows = [
+        ("optimizer steps", steps),
+        ("train loss (mean over the run)", f"{r['train_loss']:.4f}"),
+        ("eval loss", "not evaluated" if r.get("eval_loss") is None else f"{r['eval_loss']:.4f}"),
+        ("tokens trained", f"{r['tokens']:,}"),
+        ("time (this try)", f"{r['runtime_s']:.1f} s"),
+        (
+            "tokens/s",
+            f"{r['tokens'] / r['runtime_s']:,.0f}" if r["runtime_s"] and not r.get("start_step") else "-",
+        ),
+        ("processes", f"{r['group_size']} ({r['wrapped_as']}, {r['device']})"),
+        ("parameter digest", f"{r['param_digest']} (the same on every process: they trained one model)"),
+    ]
+    final = Path(run_dir) / "final"
+    if r.get("preempted"):
+        rows.append(
+            ("model", f"not final: stopped with a checkpoint at step {r['global_step']} (resume to finish)")
+        )
+    else:
+        rows.append(("model", str(final)))
+    return pd.DataFrame(rows, columns=["", "value"]).set_index("")
