@@ -65,6 +65,7 @@ class Recipe:
     master_addr: str | None = None  # rank 0's host (default: first host of the Slurm job, else 127.0.0.1)
     master_port: int | None = None  # rendezvous port (default: derived from the Slurm job id, else free)
     collective_timeout_s: int = 300  # a stuck collective fails the job after this many seconds
+    hang_timeout_s: int | None = None  # no optimizer step this long: stacks, root cause, end (None: auto)
     # --- where
     run_name: str = "demo"  # the run folder is <output_root>/<run_name>
     output_root: str = "runs"  # where run folders live
