@@ -10,9 +10,9 @@ question/answer columns, OpenAssistant message trees), converts them, validates 
 (tool calls and list-of-parts content included) and writes JSONL atomically. Every problem names the
 file, the line (or record), the field as the file has it, what is wrong and how to fix it.
 
-One module per concern: read (files, folders, hub ids), formats (row shapes -> turns), trees (message
-trees), pairs (preference pairs for DPO), checks (validation), load (the pipeline and mixtures), ops (dedup, split, stats, writing),
-command (the `validate` command).
+One module per concern: read (files, folders, hub ids), source (one source read with its report),
+formats (row shapes -> turns), trees (message trees), pairs (preference pairs for DPO), checks (validation),
+load (the pipeline and mixtures), ops (dedup, split, stats, writing), command (the `validate` command).
 """
 
 from .checks import validate

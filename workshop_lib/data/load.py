@@ -12,8 +12,10 @@ from typing import Any
 from . import trees
 from .checks import validate
 from .formats import FORMATS, convert, detect_format, missing_fields, near_format
+from .pairs import load_preferences
 from .problems import DataError, Problem, Report
-from .read import Row, read_source, split_spec
+from .read import Row, split_spec
+from .source import read_reported
 
 PARTS = ("join", "keep")
 MIXTURE_KEYS = ("path", "name", "split", "weight", "max_rows", "format", "columns", "paths")
@@ -104,27 +106,6 @@ def load_conversations(
     if report.problems and on_error == "raise":
         raise DataError(report)
     return out, report
-
-
-def read_reported(path: str | Path, name: str | None, split: str | None) -> tuple[list[Row], Report]:
-    """A source's raw records, and a report that names an empty file as a problem already."""
-    file = source = str(path)
-    if split is None:
-        source, split = split_spec(file)  # "org/name:test"; an existing path keeps any colon it has
-    report = Report(file)
-    rows = read_source(source, name=name, split=split, report=report)
-    if not rows and not report.problems:
-        report.problems.append(
-            Problem(
-                file,
-                None,
-                "(file)",
-                "no rows: the file is empty",
-                "check you gave the right file",
-                kind="empty file",
-            )
-        )
-    return rows, report
 
 
 def _from_trees(rows: list[Row], file: str, paths: str, report: Report) -> list[dict]:
@@ -249,8 +230,6 @@ def load_training_rows(
     seeded half, 2: every conversation twice). The mixture is shuffled with the seed: the same spec and seed
     give the same rows in the same order.
     """
-    from .pairs import load_preferences
-
     if kind not in ("messages", "preference"):
         raise ValueError(f"kind must be 'messages' or 'preference', not {kind!r}")
     if isinstance(spec, (str, Path)):

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .checks import validate
-from .load import read_reported
 from .problems import DataError, Problem, Report
+from .source import read_reported
 
 Found = list[tuple[str, str, str, str]]  # (field, message, hint, kind), as checks.validate returns
 HINT_FIELDS = 'give each row "chosen" and "rejected" (answers or whole conversations), and a "prompt" unless both conversations start with it'
