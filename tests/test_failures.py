@@ -83,3 +83,57 @@ def test_selection_rules():
     early = _record("node", 1, 5.0, "DataError: bad.jsonl:line 1: no assistant turn", ename="DataError")
     late = _record("node", 0, 5.2, "DataError: bad.jsonl:line 1: no assistant turn", ename="DataError")
     assert failures.root_cause([late, early]) is early
+
+
+def _rank_one_stalls(how):
+    """Three steps in step, then rank 1 stops making progress (asleep outside any collective, or stopped by
+    SIGSTOP) while rank 0 waits for it in an all-reduce."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from workshop_lib import watchdog
+
+    dist.init_process_group("gloo")
+    for step in range(1, 4):
+        dist.all_reduce(torch.ones(1))
+        watchdog.report(step)
+    if dist.get_rank() == 1:
+        if how == "sleep":
+            time.sleep(600)
+        else:
+            os.kill(os.getpid(), signal.SIGSTOP)
+    dist.all_reduce(torch.ones(1))
+    return "finished"
+
+
+@pytest.mark.parametrize(
+    "how, expect", [("sleep", "stopped progressing at"), ("stop", "is stopped (SIGSTOP")]
+)
+def test_a_hang_ends_with_every_ranks_stacks_and_the_stalled_rank_as_root_cause(tmp_path, how, expect):
+    import time
+
+    t0 = time.time()
+    with pytest.raises(launch.LaunchError, match="training hung on node 0"):
+        launch.run(
+            _rank_one_stalls,
+            how,
+            nproc_per_node=2,
+            master_port=launch.free_port(),
+            failure_dir=tmp_path,
+            hang_timeout_s=4,
+        )
+    took = time.time() - t0
+    assert took < 4 + 30, took  # the limit, the stack dump and the kill, not a collective timeout (30 min)
+    records = failures.load(tmp_path)
+    cause = failures.root_cause(records)
+    assert cause["kind"] == "hang" and cause["rank"] == 1 and expect in cause["error"], records
+    waiting = next(r for r in records if r["rank"] == 0)
+    assert waiting["waiting"] and failures.is_consequence(waiting, records), waiting
+    assert "all_reduce" in (tmp_path / "stacks" / "rank0.txt").read_text()
+    if how == "sleep":  # a running rank answers SIGUSR2 with its stacks: the line where it stalled
+        assert "_rank_one_stalls" in (tmp_path / "stacks" / "rank1.txt").read_text()
+    last = failures.report(tmp_path).splitlines()[-1]
+    assert last.startswith("===== ROOT CAUSE: rank 1") and "the others wait: rank 0" in last, last
+    print(f"\n{how}: the launch ended {took:.1f} s after it began (hang_timeout_s 4); {last}")

@@ -256,7 +256,7 @@ def test_the_lumi_script_runs_python_in_the_container_with_the_venv_on_top(rende
         f'PYTHON="singularity exec --bind {REPO_ROOT} $SIF {REPO_ROOT}/.venv/bin/python"',
         # RCCL over Slingshot
         "export NCCL_SOCKET_IFNAME=hsn0,hsn1,hsn2,hsn3\n",
-        "export NCCL_NET_GDR_LEVEL=PHB\n",
+        "export FI_MR_CACHE_MONITOR=userfaultfd\n",  # the AI guide's current settings (PR 118) ...
         "export FI_CXI_DEFAULT_CQ_SIZE=262144\n",
         "export HSA_FORCE_FINE_GRAIN_PCIE=1\n",
         # the binding: the task keeps all cores, each worker binds to its GCD's
@@ -270,6 +270,7 @@ def test_the_lumi_script_runs_python_in_the_container_with_the_venv_on_top(rende
     ]:
         assert line in script, line
     assert "module load PyTorch" not in script
+    assert "NCCL_NET_GDR_LEVEL=" not in script  # ... without the one it dropped (PR 97: it made jobs hang)
     env = _environment(script, USER="alice", SLURM_JOB_ID="4242")
     assert env["MIOPEN_USER_DB_PATH"] == "/tmp/alice-miopen-4242/db"
     assert env["PYTHON"].startswith(f"singularity exec --bind {REPO_ROOT} {LUMI_IMAGE}/")

@@ -1,4 +1,5 @@
-"""Trainer callbacks: the live metrics file, stopping on request, and exact resume under DDP.
+"""Trainer callbacks: the live metrics file, stopping on request, progress for the hang watchdog, and exact
+resume under DDP.
 
 They plug into TRL's trainer like any transformers `TrainerCallback` (notebook 03 passes them to
 `SFTTrainer(callbacks=...)`), and they are what makes a requeued Slurm job continue where it stopped.
@@ -16,9 +17,29 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from . import watchdog
+from .control import CANCEL
+
 # USR1: what the job asks Slurm for before the time limit; TERM: scancel or preemption. Both mean "checkpoint
 # and stop"; whether the job then requeues is the job script's decision (only after USR1).
 PREEMPT_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class ReportProgress(TrainerCallback):
+    """Tells the hang watchdog (watchdog.py, in this node's launcher) that training moves: each optimizer
+    step, each evaluation batch and each save. A no-op outside a watched launch."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        watchdog.report(state.global_step, "train")
+
+    def on_step_end(self, args, state, control, **kw):
+        watchdog.report(state.global_step, "step")
+
+    def on_prediction_step(self, args, state, control, **kw):
+        watchdog.report(state.global_step, "eval")
+
+    def on_save(self, args, state, control, **kw):
+        watchdog.report(state.global_step, "save")
 
 
 class MetricsJSONL(TrainerCallback):
@@ -69,24 +90,39 @@ class MetricsJSONL(TrainerCallback):
 class StopOnRequest(TrainerCallback):
     """Checkpoint at the next step and stop when asked: by SIGUSR1 to this process, or by a STOP file in the
     run folder (the Slurm job's trap writes it: the signal reaches the batch shell, not the kernel's workers).
-    The file is removed only once training has acted on it, so a request is never lost between tries."""
+    The file is removed only once training has acted on it, so a request is never lost between tries.
+    `reason` says why: "cancel" (SIGTERM, or STOP saying cancel: the try is recorded as cancelled and not
+    requeued) or "time-limit" (SIGUSR1 or a plain STOP: the job requeues and resumes)."""
 
     def __init__(self, stop_file: Path):
         self.stop_file = Path(stop_file)
         self.flag = threading.Event()
+        self.cancelled = threading.Event()
         self.seen = self.preempted = False
+        self.reason: str | None = None
         if threading.current_thread() is threading.main_thread():
-            for s in PREEMPT_SIGNALS:
-                signal.signal(s, lambda *_: self.flag.set())
+            signal.signal(signal.SIGUSR1, lambda *_: self.flag.set())
+            signal.signal(signal.SIGTERM, lambda *_: (self.cancelled.set(), self.flag.set()))
+
+    def _asked(self) -> int:
+        """0: go on; 1: stop for a time limit (requeue); 2: stop for a cancel."""
+        if self.cancelled.is_set():
+            return 2
+        try:
+            text = self.stop_file.read_text()
+        except OSError:
+            return 1 if self.flag.is_set() else 0
+        return 2 if text.strip() == CANCEL else 1
 
     def on_step_end(self, args, state, control, **kw):
-        stop = self.flag.is_set() or self.stop_file.exists()
+        asked = self._asked()
         if dist.is_available() and dist.is_initialized():
-            t = torch.tensor([1.0 if stop else 0.0], device="cuda" if torch.cuda.is_available() else "cpu")
-            dist.all_reduce(t)  # all ranks stop at the same step, even if only one was asked
-            stop = t.item() > 0
-        if stop:
+            t = torch.tensor([float(asked)], device="cuda" if torch.cuda.is_available() else "cpu")
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)  # all ranks stop at the same step, for the same reason
+            asked = int(t.item())
+        if asked:
             self.seen = True
+            self.reason = CANCEL if asked == 2 else "time-limit"
             if state.global_step < state.max_steps:  # at the last step the run simply finishes
                 control.should_save = True
                 control.should_training_stop = True

@@ -47,7 +47,7 @@ def _doctor(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import demo, failures, launch, modelcard, plan, push, submit, train
+    from . import demo, failures, jobenv, modelcard, plan, push, submit, train
     from .data import command as data_command
 
     ap = argparse.ArgumentParser(prog="python -m workshop_lib", description=__doc__)
@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     plan.register(sub)
     data_command.register(sub)
     failures.register(sub)
-    launch.register(sub)
+    jobenv.register(sub)
     modelcard.register(sub)
     push.register(sub)
     p = sub.add_parser("plot", help="loss curves and summary of run folders")

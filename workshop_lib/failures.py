@@ -8,12 +8,15 @@ in the try's folder (`record_dir`, exported to the job as $WORKSHOP_FAILURE_DIR)
 * rank<R>.json  a worker raised (written by the worker itself, exact time and traceback), or died by a
                 signal or exit code (written by its node's launcher when it notices, to the second);
 * node<N>.json  a node's papermill (or train command) ended badly (written by the job script's wrapper):
-                a dead notebook kernel, an error in a notebook cell, a killed launcher.
+                a dead notebook kernel, an error in a notebook cell, a killed launcher;
+* rank<R>.json  of kind "hang": the hang watchdog (watchdog.py) found no progress; stacks/rank<R>.txt
+                holds that rank's Python stacks.
 
 The root cause is the earliest *primary* failure: one that is not a consequence of another. A
 consequence is a rank whose collective broke because a peer went away (connection reset, timeout), or a
 launcher or notebook that only relays its workers' failures. If every record is a consequence, the root
-cause is the node(s) that left no record at all (killed or lost before they could write one).
+cause is the node(s) that left no record at all (killed or lost before they could write one). In a hang,
+a rank that is stopped or stuck outside a collective is primary; one that waits in a collective is not.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ CONSEQUENCE = (
     "Timeout",
     "recvBytes",
 )
+# ... unless the message says this node could not do its own part: a taken port is a cause, never a consequence
+PRIMARY = ("EADDRINUSE", "address already in use", "Address already in use")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -113,11 +118,21 @@ def record_exit(
     )
 
 
-def announce_worker(folder: str | os.PathLike, rank: int) -> None:
-    """A forked worker says which pid is which rank, so that its launcher's ExitWatcher can name it."""
-    pids = Path(folder) / "pids"
-    pids.mkdir(parents=True, exist_ok=True)
-    (pids / f"rank{rank}").write_text(str(os.getpid()))
+def record_hang(
+    folder: str | os.PathLike, rank: int, node: int, pid: int, error: str, waiting: bool, stacks: str
+) -> Path:
+    """A rank of a hung job, as the watchdog found it: waiting in a collective (a consequence) or not."""
+    stack_dir = Path(folder) / "stacks"
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    (stack_dir / f"rank{rank}.txt").write_text(stacks + "\n")
+    record = {"kind": "hang", "rank": rank, "node": node, "host": socket.gethostname(), "pid": pid}
+    record |= {
+        "time": time.time(),
+        "error": error,
+        "waiting": waiting,
+        "stacks": str(stack_dir / f"rank{rank}.txt"),
+    }
+    return _write(folder, f"rank{rank}", record)
 
 
 class ExitWatcher(threading.Thread):
@@ -125,9 +140,9 @@ class ExitWatcher(threading.Thread):
     signal or exit code, peeking with waitid(WNOWAIT) so that torch's launcher still reaps the worker.
     (Torch elastic itself reports only the first failed worker it polls, every 0.5 s, to the second.)"""
 
-    def __init__(self, folder: str | os.PathLike, node: int, every_s: float = 0.05):
+    def __init__(self, folder: str | os.PathLike, pids: str | os.PathLike, node: int, every_s: float = 0.05):
         super().__init__(daemon=True)
-        self.folder, self.node, self.every_s = Path(folder), node, every_s
+        self.folder, self.pids, self.node, self.every_s = Path(folder), Path(pids), node, every_s
         self.done = threading.Event()
         self.seen: set[int] = set()
         self.start()
@@ -137,7 +152,7 @@ class ExitWatcher(threading.Thread):
             self.poll()
 
     def poll(self) -> None:
-        for path in (self.folder / "pids").glob("rank*"):
+        for path in self.pids.glob("rank*"):  # each worker writes its pid (watchdog.start_worker)
             try:
                 rank, pid = int(path.name[4:]), int(path.read_text())
                 if pid in self.seen:
@@ -179,7 +194,9 @@ def _notebook_error(notebook: Path) -> tuple[str, str] | None:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 ename = str(out.get("ename", ""))
-                return ename, ANSI.sub("", f"{ename}: {out.get('evalue', '')}")[-3000:]
+                return ename, ANSI.sub("", f"{ename}: {out.get('evalue', '')}")[
+                    :3000
+                ]  # the head: its first line
     return None
 
 
@@ -232,8 +249,13 @@ def load(folder: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def is_consequence(record: dict[str, Any], records: list[dict[str, Any]]) -> bool:
-    """A failure caused by another: a broken collective, or a launcher/notebook relaying its ranks."""
+    """A failure caused by another: a broken collective, a rank of a hung job waiting for its peers, or a
+    launcher/notebook relaying its ranks."""
     if record["kind"] in ("signal", "exit"):
+        return False
+    if record["kind"] == "hang":
+        return bool(record.get("waiting"))
+    if any(s in record["error"] for s in PRIMARY):
         return False
     if any(s in record["error"] for s in CONSEQUENCE):  # the message only: a traceback quotes source code
         return True
@@ -291,7 +313,14 @@ def report(folder: str | os.PathLike, nnodes: int | None = None) -> str:
         if cause.get(key):
             lines.append(f"({key}: {cause[key]})")
     when = time.strftime("%H:%M:%S", time.localtime(cause["time"]))
-    lines.append(f"===== ROOT CAUSE: {_where(cause)} at {when}: {_headline(cause)}")
+    waiting = [r for r in records if r["kind"] == "hang" and r.get("waiting") and r is not cause]
+    if cause["kind"] == "hang" and cause.get("stacks"):
+        lines.append(f"(stacks of every rank: {Path(cause['stacks']).parent})")
+    others = "; ".join(
+        f"rank {r['rank']} (node {r['node']}) {r['error'].split(' waits ', 1)[-1]}" for r in waiting
+    )
+    tail = f"; the others wait: {others}" if cause["kind"] == "hang" and others else ""
+    lines.append(f"===== ROOT CAUSE: {_where(cause)} at {when}: {_headline(cause)}{tail}")
     return "\n".join(lines)
 
 
@@ -321,7 +350,9 @@ def _report_command(args) -> int:
         tries = sorted((Path(args.run) / "logs" / "failures").glob("*-try*"), key=lambda p: p.stat().st_mtime)
         folder = tries[-1] if tries else Path(args.run) / "logs" / "failures"
     print(report(folder, args.nnodes), flush=True)
-    return 0
+    records = load(folder)
+    hung = any(r["kind"] == "hang" for r in records)  # the watchdog ended training
+    return args.hang_status if hung and args.hang_status else 0
 
 
 def _node_exit_command(args) -> int:
@@ -343,6 +374,9 @@ def register(subparsers) -> None:
         "--dir", help=f"a failure-record folder (default: ${FAILURE_DIR_ENV}, else the newest try)"
     )
     p.add_argument("--nnodes", type=int, default=None, help="nodes in the job (to name silent ones)")
+    p.add_argument(
+        "--hang-status", type=int, default=0, help="exit with this status when the cause is a hang"
+    )
     p.set_defaults(func=_report_command)
     n = subparsers.add_parser("node-exit", help="(job script) record that this node's training failed")
     n.add_argument("--rc", type=int, required=True, help="the exit status of papermill / the train command")

@@ -10,18 +10,27 @@ Workers are forked where that is safe (they inherit the notebook's prepared data
 where it is not (ROCm builds of torch, a GPU runtime already initialised here): `start_method()` decides
 and says why; WORKSHOP_START_METHOD=fork|spawn overrides it. On a cluster node each worker can bind
 itself to the CPU cores closest to its GPU (WORKSHOP_CPU_BIND, from the profile's cpu_bind_masks).
+While workers run, the hang watchdog (watchdog.py) and the exit watcher (failures.py) watch them.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
+
+from . import failures, watchdog
+from .control import this_node_rank
 
 START_METHOD_ENV = "WORKSHOP_START_METHOD"  # fork | spawn: overrides the kit's choice
 CPU_BIND_ENV = "WORKSHOP_CPU_BIND"  # hex core masks, one per local rank in GPU order (the job script sets it)
@@ -31,10 +40,40 @@ class LaunchError(RuntimeError):
     """A worker failed: the message carries its rank and its own traceback."""
 
 
+PORTS = range(20000, 32768)  # rendezvous ports: below Linux's ephemeral range (32768-60999), which the
+# kernel hands out to outgoing connections at any moment
+
+
 def master_port_for_job(job_id: int | str) -> int:
-    """The rendezvous port of a Slurm job: one per job id, so two jobs sharing a node never collide.
-    The one home of this rule: the job script gets it from `job-env`."""
-    return 20000 + int(job_id) % 20000
+    """The port a Slurm job tries first: derived from its id, so that the nodes agree without talking.
+    It is not unique (ids agree modulo the range; two clusters hand out the same ids; any program may hold
+    it): `choose_master_port` checks it on the master node and moves on when it is taken."""
+    return PORTS.start + int(job_id) % len(PORTS)
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on (or holds) this TCP port on this host, on any address (torch's store binds all)."""
+    for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        with socket.socket(family) as s:
+            try:
+                s.bind((addr, port))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return False
+                # the family is not there (no IPv6 here): it cannot collide
+    return True
+
+
+def choose_master_port(job_id: int | str) -> int:
+    """The rendezvous port, chosen on the master node when the job starts (the one home of this rule; the
+    job script runs it through `job-env` on its first node, which is the master, and exports it to every
+    node): the job's derived port if it is free, else the next free one in PORTS."""
+    first = master_port_for_job(job_id)
+    for i in range(len(PORTS)):
+        port = PORTS.start + (first - PORTS.start + i) % len(PORTS)
+        if port_is_free(port):
+            return port
+    raise LaunchError(f"no free TCP port in {PORTS.start}-{PORTS.stop - 1} on {socket.gethostname()}")
 
 
 @dataclass
@@ -50,7 +89,7 @@ class Topology:
         return self.nnodes * self.nproc_per_node
 
 
-def _slurm_first_host() -> str | None:
+def slurm_first_host() -> str | None:
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodelist:
         return None
@@ -68,13 +107,6 @@ def _slurm_first_host() -> str | None:
     return m.group(1) + m.group(2) if m else first
 
 
-def this_node_rank(nnodes: int = 1, given: int | None = None) -> int:
-    """This node's rank: as given, else $SLURM_NODEID (or $NODE_RANK) when there are several nodes, else 0."""
-    if given is not None:
-        return int(given)
-    return int(os.environ.get("SLURM_NODEID", os.environ.get("NODE_RANK", 0))) if nnodes > 1 else 0
-
-
 def topology(
     nnodes: int = 1,
     nproc_per_node: int = 1,
@@ -86,14 +118,14 @@ def topology(
     node_rank = this_node_rank(nnodes, node_rank)
     if master_addr is None:
         master_addr = (
-            os.environ.get("MASTER_ADDR") or (_slurm_first_host() if nnodes > 1 else None) or "127.0.0.1"
+            os.environ.get("MASTER_ADDR") or (slurm_first_host() if nnodes > 1 else None) or "127.0.0.1"
         )
     if master_port is None:
         if os.environ.get("MASTER_PORT"):
             master_port = int(os.environ["MASTER_PORT"])
         elif nnodes == 1:
             master_port = free_port()  # one node: any free port (a fixed one collides with a leftover run)
-        elif os.environ.get("SLURM_JOB_ID"):
+        elif os.environ.get("SLURM_JOB_ID"):  # a job that did not go through job-env: each node derives it
             master_port = master_port_for_job(os.environ["SLURM_JOB_ID"])
         else:
             master_port = 29500
@@ -214,15 +246,29 @@ def _die_with_parent() -> None:
     """Forked workers must not outlive the launcher (a killed kernel or job step): SIGKILL them with it."""
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass  # not Linux: the launcher's own teardown still stops them
 
 
-def _worker(fn: Callable, args: tuple, threads: int, quiet: bool, binding: list | None = None) -> Any:
+def _worker(
+    fn: Callable,
+    args: tuple,
+    threads: int,
+    quiet: bool,
+    binding: list | None = None,
+    state: str | None = None,
+) -> Any:
     _die_with_parent()
+    if state:  # pid, stacks on demand, liveness and progress for this node's watchdog
+        watchdog.start_worker(state, int(os.environ.get("RANK", 0)))
+        # NCCL/RCCL: a collective that outlives collective_timeout_s (the process group's timeout) aborts
+        # its communicator and raises in every rank, and the flight recorder dumps what each rank was doing
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        os.environ.setdefault("TORCH_NCCL_DUMP_ON_TIMEOUT", "1")
+        os.environ.setdefault("TORCH_NCCL_TRACE_BUFFER_SIZE", "2000")
+        os.environ.setdefault("TORCH_NCCL_DEBUG_INFO_TEMP_FILE", f"{state}/nccl_trace_rank_")
     if binding:  # the cores closest to this rank's GPU (LUMI-G: 7 per GCD); its threads stay on them
         cores = binding[int(os.environ.get("LOCAL_RANK", 0))]
         os.sched_setaffinity(0, cores)
@@ -243,16 +289,10 @@ def _recorded(fn_and_args: tuple, failure_dir: str | None) -> Any:
     to the run's failure records (failures.py picks the root cause across ranks and nodes from them)."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    if failure_dir:
-        from . import failures
-
-        failures.announce_worker(failure_dir, int(os.environ.get("RANK", 0)))
     try:
         return record(_worker)(*fn_and_args)
     except Exception as e:
         if failure_dir:
-            from . import failures
-
             failures.record_exception(failure_dir, int(os.environ.get("RANK", 0)), e)
         raise
 
@@ -269,6 +309,7 @@ def run(
     rdzv_timeout_s: int = 300,
     failure_dir: str | os.PathLike | None = None,
     start: StartMethod | None = None,
+    hang_timeout_s: float | None = None,
 ) -> dict[int, Any]:
     """Run fn(*args) on every worker and return {global rank: result} for this node's workers.
 
@@ -277,7 +318,8 @@ def run(
     spawned workers need fn and args picklable, fn importable); they find each other through a static
     rendezvous at master_addr:master_port. A failing worker raises LaunchError with its traceback.
     failure_dir (default: $WORKSHOP_FAILURE_DIR, set by the Slurm job): where each failed rank's record
-    goes (time, exception or signal), for `failure-report`.
+    goes (time, exception or signal), for `failure-report`. hang_timeout_s: the watchdog's limit (None:
+    automatic, see watchdog.py); workers report progress with watchdog.report (callbacks.ReportProgress).
     """
     top = topology(nnodes, nproc_per_node, node_rank, master_addr, master_port)
     if top.world_size == 1:
@@ -306,21 +348,34 @@ def run(
         start_method=start.name,
     )
     threads = _threads_per_worker(top.nproc_per_node)
-    from . import failures
-
     failure_dir = str(failure_dir or os.environ.get(failures.FAILURE_DIR_ENV) or "") or None
+    state = tempfile.mkdtemp(prefix="workshop-workers-")  # this node's: pids, progress, stacks
+    print(f"launch: {watchdog.auto_limit_text(hang_timeout_s)}")
     # torch elastic reports only the first failed worker it polls: a watcher records every worker's death
-    watcher = failures.ExitWatcher(failure_dir, top.node_rank) if failure_dir else None
+    watcher = failures.ExitWatcher(failure_dir, Path(state) / "pids", top.node_rank) if failure_dir else None
+    dog = watchdog.Watchdog(state, failure_dir, top.node_rank, hang_timeout_s)
+    dog.start()
     try:
-        results = elastic_launch(config, _recorded)((fn, args, threads, quiet_ranks, binding), failure_dir)
+        worker_args = (fn, args, threads, quiet_ranks, binding, state)
+        results = elastic_launch(config, _recorded)(worker_args, failure_dir)
     except ChildFailedError as e:
+        dog.stop()
         if failure_dir:  # at once: the job may kill this node soon after another node fails
             for rank, f in e.failures.items():
                 failures.record_exit(failure_dir, rank, f.exitcode, f.pid, float(f.timestamp), top.node_rank)
+            for trace in Path(state).glob("nccl_trace_rank_*"):  # NCCL's flight recorder, on a timeout
+                shutil.copy(trace, Path(failure_dir) / trace.name)
+        if dog.hang:
+            raise LaunchError(
+                f"training hung on node {top.node_rank} (no progress for the hang timeout): {dog.hang}. "
+                "Every rank's stacks and the root cause: failure-report <run folder>"
+            ) from None
         raise LaunchError(_failure_text(e)) from None
     finally:
+        dog.stop()
         if watcher:
             watcher.stop()
+        shutil.rmtree(state, ignore_errors=True)
     return dict(results)
 
 
@@ -336,48 +391,8 @@ def _failure_text(e: Any) -> str:
         if not msg or msg == "<N/A>" or "To enable traceback" in str(msg):
             code = failure.exitcode
             if code is not None and code < 0:
-                import signal as _signal
-
-                msg = f"killed by signal {_signal.Signals(-code).name} (no Python traceback: killed, out of memory or crashed)"
+                msg = f"killed by signal {signal.Signals(-code).name} (no Python traceback: killed, out of memory or crashed)"
             else:
                 msg = f"exit code {code} (crash without a Python traceback)"
         lines.append(f"rank {rank} (pid {failure.pid}) failed:\n{msg}")
     return "\n".join(lines) or str(e)
-
-
-# ----------------------------------------------------------------------------- the Slurm job's side
-def job_env(run_dir: str | os.PathLike) -> dict[str, str]:
-    """What the job script needs from Python, so that each rule has one home: rank 0's host and the port
-    (as topology() derives them), the control files (runfolder) and this try's failure-record folder."""
-    from pathlib import Path
-
-    from . import failures
-    from .runfolder import PREEMPTED_FILE, STOP_FILE
-
-    run_dir = Path(run_dir).resolve()
-    job_id = os.environ.get("SLURM_JOB_ID", "0")
-    nnodes = int(os.environ.get("SLURM_NNODES", 1))
-    try_ = int(os.environ.get("SLURM_RESTART_COUNT", 0))
-    return {
-        "MASTER_ADDR": (_slurm_first_host() if nnodes > 1 else None) or "127.0.0.1",
-        "MASTER_PORT": str(master_port_for_job(job_id)),
-        "STOP_FILE": str(run_dir / STOP_FILE),
-        "PREEMPTED_FILE": str(run_dir / PREEMPTED_FILE),
-        failures.FAILURE_DIR_ENV: str(failures.record_dir(run_dir, job_id, try_)),
-        "TRY": str(try_),
-    }
-
-
-def _job_env_command(args) -> int:
-    import shlex
-
-    for key, value in job_env(args.run_dir).items():
-        print(f"export {key}={shlex.quote(value)}")
-    return 0
-
-
-def register(subparsers) -> None:
-    """`job-env RUN_DIR`: shell exports for slurm/train.sbatch (it evals them)."""
-    p = subparsers.add_parser("job-env", help="environment for the Slurm job script (it evals the output)")
-    p.add_argument("run_dir", help="the run folder of this job (or array task)")
-    p.set_defaults(func=_job_env_command)

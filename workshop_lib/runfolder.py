@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
+from .control import PREEMPTED_FILE, STOP_FILE, this_node_rank, this_try
 from .recipe import Recipe, RecipeError
 
-STOP_FILE = "STOP"  # written by the job (or by hand): training checkpoints at the next step and stops
-PREEMPTED_FILE = "PREEMPTED"  # written by training when it stopped with a checkpoint: the job requeues
+__all__ = ["PREEMPTED_FILE", "STOP_FILE"]  # the control files' names, as callers import them from here
 
 
 class RunExists(RecipeError):
@@ -41,8 +41,6 @@ def checkpoint_step(ckpt: Path) -> int:
 
 
 def is_node_zero(recipe: Recipe) -> bool:
-    from .launch import this_node_rank
-
     return this_node_rank(recipe.nnodes, recipe.node_rank) == 0
 
 
@@ -135,22 +133,62 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def record_try(run_dir: Path, result: Any) -> None:
-    """Append this try's accounting (steps, tokens, runtime, processes) to tries.jsonl (node 0 only)."""
+def record_try(run_dir: Path, result: Any, gradient_accumulation_steps: int | None = None) -> None:
+    """Append this try's accounting (steps, this try's tokens, runtime, processes, how it ended) to
+    tries.jsonl (node 0 only)."""
+    if not result.preempted:
+        ended = "finished"
+    else:
+        ended = "cancelled" if result.stop_reason == "cancel" else "preempted"
     line = {
-        "try": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+        "try": this_try(),
         "job_id": os.environ.get("SLURM_JOB_ID"),
         "time": time.time(),
+        "ended": ended,
         "from_step": result.start_step,
         "to_step": result.global_step,
-        "tokens": result.tokens,
+        "tokens": result.tokens - result.start_tokens,  # this try's
+        "total_tokens": result.tokens,  # all tries so far
         "runtime_s": result.runtime_s,
         "world_size": result.world_size,
+        "gradient_accumulation_steps": gradient_accumulation_steps,
         "device": result.device,
-        "preempted": result.preempted,
+        "preempted": result.preempted and ended != "cancelled",  # the job requeues it
     }
-    with open(run_dir / "tries.jsonl", "a") as f:
+    _append_try(run_dir, line)
+
+
+def record_ended_try(run_dir: Path, ended: str, job_id: str | None = None, try_: int | None = None) -> bool:
+    """A try that ended without training recording it (a hang, a failure, a cancel that came before the
+    checkpoint): one tries.jsonl line saying how, so that try numbers and accounting stay complete.
+    Returns False (and writes nothing) when that try has its line already."""
+    try_ = this_try() if try_ is None else try_
+    if any(t.get("try") == try_ for t in tries(run_dir)):
+        return False
+    _append_try(
+        run_dir,
+        {"try": try_, "job_id": job_id or os.environ.get("SLURM_JOB_ID"), "time": time.time(), "ended": ended}
+        | {"tokens": 0, "runtime_s": 0.0, "world_size": 0, "device": None, "preempted": False},
+    )
+    return True
+
+
+def _append_try(run_dir: Path, line: dict[str, Any]) -> None:
+    with open(Path(run_dir) / "tries.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
+
+
+def next_try(run_dir: str | Path) -> int:
+    """The number of the try about to start: one more than any try the run has recorded (tries.jsonl, failure
+    records, executed notebooks), so that numbers continue across jobs (submit --resume) and nothing of an
+    earlier try is overwritten."""
+    run_dir = Path(run_dir)
+    seen = [int(t.get("try", -1)) for t in tries(run_dir)]
+    for path in [*run_dir.glob("logs/failures/*-try*"), *run_dir.glob("notebooks/*.try*.ipynb")]:
+        digits = path.name.rsplit("-try", 1)[-1].rsplit(".try", 1)[-1].split(".")[0]
+        if digits.isdigit():
+            seen.append(int(digits))
+    return max(seen, default=-1) + 1
 
 
 def tries(run_dir: Path) -> list[dict]:
@@ -166,7 +204,7 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
         **result,
         "tries": len(history),
         "total_runtime_s": total_runtime,
-        "total_tokens": history[-1]["tokens"] if history else result.get("tokens"),
+        "total_tokens": result.get("tokens"),  # the trainer's count, carried across tries in checkpoints
         "gpu_hours": sum(t["runtime_s"] * t["world_size"] for t in history if t["device"] == "cuda") / 3600,
     }
     path = Path(run_dir) / "result.json"

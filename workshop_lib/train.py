@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import launch, progress, runfolder, worker
-from .recipe import Recipe
+from .control import this_node_rank
+from .recipe import Recipe, RecipeError, load_recipe
+from .submit import parse_value
 from .worker import TrainResult
 
 
@@ -59,6 +61,7 @@ def launch_workers(
                 master_addr=recipe.master_addr,
                 master_port=recipe.master_port,
                 start=start,
+                hang_timeout_s=recipe.hang_timeout_s,
             )
     finally:
         if saved:
@@ -76,7 +79,7 @@ def save_prepared(recipe: Recipe, prepared: tuple) -> Path:
     import datasets
 
     _, train_ds, eval_ds = prepared
-    folder = recipe.run_dir / f".prepared-node{launch.this_node_rank(recipe.nnodes, recipe.node_rank)}"
+    folder = recipe.run_dir / f".prepared-node{this_node_rank(recipe.nnodes, recipe.node_rank)}"
     shutil.rmtree(folder, ignore_errors=True)  # a leftover of a killed try
     bars = not datasets.utils.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # a saving bar per dataset would only clutter the notebook
@@ -104,7 +107,7 @@ def record(recipe: Recipe, result: TrainResult) -> None:
     from . import modelcard
 
     if runfolder.is_node_zero(recipe):
-        runfolder.record_try(recipe.run_dir, result)
+        runfolder.record_try(recipe.run_dir, result, recipe.trl.get("gradient_accumulation_steps"))
         if not result.preempted:
             runfolder.write_result(recipe.run_dir, result.to_dict())
             modelcard.write(recipe.run_dir)
@@ -155,9 +158,6 @@ def run(recipe: Recipe) -> TrainResult:
 
 
 def _main(args) -> int:
-    from .recipe import RecipeError, load_recipe
-    from .submit import parse_value
-
     try:
         recipe = load_recipe(args.recipe, overrides={k: parse_value(v) for k, v in args.p})
         result = run(recipe)

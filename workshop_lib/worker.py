@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from . import build
+from .control import CANCEL
 from .recipe import Recipe
 from .runfolder import PREEMPTED_FILE, last_checkpoint
 
@@ -33,8 +35,10 @@ class TrainResult:
     eval_loss: float | None
     runtime_s: float  # this try
     tokens: int  # tokens trained on, all tries and ranks together
+    start_tokens: int  # of those, the ones trained before this try (the checkpoint's count)
     resumed_from: str | None
-    preempted: bool
+    preempted: bool  # stopped with a checkpoint before the end (time limit or cancel)
+    stop_reason: str | None  # why: "time-limit" (the job requeues) or "cancel" (it does not)
     param_digest: str
     device: str  # "cuda" (ROCm too) or "cpu"
     wrapped_as: str  # what wrapped the model: DistributedDataParallel, DeepSpeedEngine(zero_stage=3), ...
@@ -100,7 +104,7 @@ def finish(trainer, recipe: Recipe, output, ckpt: Path | None) -> TrainResult:
     """After trainer.train(): evaluate, save final/ and the trainer state, or mark the run PREEMPTED."""
     import torch.distributed as dist
 
-    from .callbacks import StopOnRequest
+    from .callbacks import StopOnRequest  # torch and transformers: loaded when training, not by the CLI
 
     state = trainer.state
     stopper = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnRequest))
@@ -115,8 +119,10 @@ def finish(trainer, recipe: Recipe, output, ckpt: Path | None) -> TrainResult:
         eval_loss=None,
         runtime_s=output.metrics.get("train_runtime", 0.0),
         tokens=int(state.num_input_tokens_seen),
+        start_tokens=_tokens_at(ckpt),
         resumed_from=ckpt.name if ckpt else None,
         preempted=stopper.preempted,
+        stop_reason=stopper.reason if stopper.preempted else None,
         param_digest="",
         device=build.device_kind(),
         wrapped_as=_wrapped_as(trainer),
@@ -135,7 +141,7 @@ def finish(trainer, recipe: Recipe, output, ckpt: Path | None) -> TrainResult:
         }
     result.param_digest = param_digest(trainer.model)
     if result.preempted:
-        if trainer.is_world_process_zero():
+        if trainer.is_world_process_zero() and result.stop_reason != CANCEL:  # a cancel is not requeued
             (run_dir / PREEMPTED_FILE).write_text(f"{state.global_step}\n")
         return result
     trainer.save_model(str(run_dir / "final"))  # the model, or the LoRA adapter
@@ -145,12 +151,20 @@ def finish(trainer, recipe: Recipe, output, ckpt: Path | None) -> TrainResult:
     return result
 
 
+def _tokens_at(ckpt: Path | None) -> int:
+    """The token count a checkpoint saved (0 for a fresh start)."""
+    if not ckpt:
+        return 0
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    return int(state.get("num_input_tokens_seen") or 0)
+
+
 def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
     """Train one process's share. prepared: (tokenizer, train_ds, eval_ds) built by the notebook already;
     forked workers inherit them instead of tokenizing the data again."""
     from transformers.trainer_callback import PrinterCallback
 
-    from .callbacks import RebuildBucketsOnResume
+    from .callbacks import RebuildBucketsOnResume, ReportProgress  # heavy: not at the CLI's start
 
     _one_process_group(recipe)
     if prepared is None:
@@ -170,6 +184,7 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
     )
     trainer.remove_callback(PrinterCallback)  # the kit prints its own lines from metrics.jsonl
     trainer.add_callback(RebuildBucketsOnResume(trainer))
+    trainer.add_callback(ReportProgress())  # for the hang watchdog of a multi-process launch
     ckpt = resume_checkpoint(recipe)
     output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     return finish(trainer, recipe, output, ckpt)
