@@ -7,6 +7,7 @@ import pytest
 
 from workshop_lib import plots, train
 from workshop_lib import recipe as R
+from workshop_lib import runs as run_folders
 from workshop_lib.cli import main as cli
 from workshop_lib.model import REPO_ROOT
 
@@ -58,25 +59,25 @@ def test_one_run_has_data_and_labelled_axes(runs):
 
 
 def test_sweep_overlay_is_labelled_by_name_and_what_differs_is_a_table(runs):
-    found, problems = plots.load_runs(str(runs / "lr-*"))
+    found, problems = run_folders.load_runs(str(runs / "lr-*"))
     assert [r.name for r in found] == ["lr-a", "lr-b"] and not problems
     fig = plots.plot_runs(found, x="epoch")
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["lr-a", "lr-b"]  # short names; the differing keys are in params_table
+    assert labels == ["lr-a (learning_rate=0.001)", "lr-b (learning_rate=0.003)"]  # name + what differs
     assert fig.axes[0].get_xlabel() == "epoch"
-    params = plots.params_table(found)
+    params = run_folders.params_table(found)
     assert list(params.columns) == ["run", "learning_rate"] and list(params["learning_rate"]) == [
         "0.001",
         "0.003",
     ]
-    table = plots.summary_table(found)
+    table = run_folders.summary_table(found)
     assert "learning_rate" not in table and table["final loss"].notna().all() and table["finished"].all()
 
 
 def test_figure_size_is_fixed_and_empty_panels_say_why(runs):
-    run = plots.load_run(runs / "lr-a")
+    run = run_folders.load_run(runs / "lr-a")
     one = plots.plot_runs([run], metrics=["loss"])
-    five = plots.plot_runs([run, plots.load_run(runs / "lr-b")])
+    five = plots.plot_runs([run, run_folders.load_run(runs / "lr-b")])
     assert tuple(one.get_size_inches()) == tuple(five.get_size_inches()) == plots.FIGSIZE
     # eval records carry no token count: their x comes from the train record of the same step
     by_tokens = {
@@ -98,15 +99,15 @@ def test_a_glob_lists_only_run_folders(runs, tmp_path):
     for kit_folder in ("logs", "comparison", "interactive/data", ".jobs"):  # the kit's own folders in runs/
         (root / kit_folder).mkdir(parents=True)
     (root / "demo.ipynb").write_text("{}")
-    found, problems = plots.load_runs(str(root / "*"))
+    found, problems = run_folders.load_runs(str(root / "*"))
     assert [r.name for r in found] == ["lr-a"] and problems == []
-    assert plots.load_runs(str(root / "l*s"))[1] == [
+    assert run_folders.load_runs(str(root / "l*s"))[1] == [
         f"{root / 'l*s'}: matches no run folder (a folder with recipe.yaml or metrics.jsonl)"
     ]
 
 
 def test_killed_run_still_plots_and_the_corrupt_line_is_reported(runs):
-    run = plots.load_run(runs / "killed")
+    run = run_folders.load_run(runs / "killed")
     assert not run.finished and len(run.series("loss")[0]) >= 2
     assert any("line 5" in p and "corrupt" in p for p in run.problems)
     fig = plots.plot_runs([run])
@@ -116,9 +117,9 @@ def test_killed_run_still_plots_and_the_corrupt_line_is_reported(runs):
 def test_bad_folders_give_clear_messages_and_good_runs_still_plot(runs, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(plots.RunError, match="not a run folder"):
-        plots.load_run(empty)
-    found, problems = plots.load_runs([runs / "lr-a", empty, tmp_path / "missing"])
+    with pytest.raises(run_folders.RunError, match="not a run folder"):
+        run_folders.load_run(empty)
+    found, problems = run_folders.load_runs([runs / "lr-a", empty, tmp_path / "missing"])
     assert [r.name for r in found] == ["lr-a"]
     assert any("not a run folder" in p for p in problems) and any("not a folder" in p for p in problems)
     out = tmp_path / "cmp"
@@ -143,9 +144,9 @@ def test_plot_command_writes_into_the_run_folder(runs):
 
 
 def test_summary_counts_gpu_hours_only_for_gpu_runs(runs):
-    run = plots.load_run(runs / "lr-a")
+    run = run_folders.load_run(runs / "lr-a")
     assert run.result["device"] == "cpu"
-    assert plots.summary_table([run])["GPU-hours"].isna().all()
+    assert run_folders.summary_table([run])["GPU-hours"].isna().all()
     run.result["device"] = "cuda"
-    hours = plots.summary_table([run])["GPU-hours"].iloc[0]
+    hours = run_folders.summary_table([run])["GPU-hours"].iloc[0]
     assert hours == pytest.approx(round(run.result["total_runtime_s"] * run.result["world_size"] / 3600, 3))

@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from workshop_lib import plots, train
 from workshop_lib import recipe as R
+from workshop_lib import runs as run_folders
 from workshop_lib.cli import main as cli
 from workshop_lib.demo import run_notebook
 from workshop_lib.paths import REPO_ROOT
@@ -91,8 +92,8 @@ def test_a_finished_kit_run_writes_tensorboard_events_tensorboard_reads(runs):
 
 def test_a_plain_trl_run_reads_as_the_kit_names_its_metrics(runs):
     plain = runs / "plain-trl"
-    assert not (plain / "metrics.jsonl").exists() and plots.is_run_folder(plain)
-    run = plots.load_run(plain)
+    assert not (plain / "metrics.jsonl").exists() and run_folders.is_run_folder(plain)
+    run = run_folders.load_run(plain)
     assert run.source == "tensorboard" and run.finished and not run.params and not run.problems
     (events,) = {f.parent for f in plain.rglob("events.out.tfevents.*")}
     for metric, tag in (
@@ -106,8 +107,8 @@ def test_a_plain_trl_run_reads_as_the_kit_names_its_metrics(runs):
         run.series("loss", "epoch")[0] and run.series("loss", "tokens")[0] and run.series("tokens_per_s")[0]
     )
     assert (
-        plots.tag_to_metric("train/grad_norm") == "grad_norm"
-        and plots.tag_to_metric("eval/runtime") == "eval_runtime"
+        run_folders.tag_to_metric("train/grad_norm") == "grad_norm"
+        and run_folders.tag_to_metric("eval/runtime") == "eval_runtime"
     )
 
 
@@ -124,7 +125,7 @@ def test_notebook_04_and_plot_overlay_a_kit_run_and_a_plain_trl_run(runs, tmp_pa
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs)
     assert (
-        "2 run(s): kit, plain-trl" in text
+        "2 run(s): kit (sft), plain-trl (sft)" in text
         and "plain-trl: read from tensorboard" in text
         and "note:" not in text
     )
@@ -135,12 +136,13 @@ def test_notebook_04_and_plot_overlay_a_kit_run_and_a_plain_trl_run(runs, tmp_pa
         table = pd.read_csv(folder / "summary.csv").set_index("run")
         assert list(table.index) == ["kit", "plain-trl"] and table["finished"].all()
         for name in ("kit", "plain-trl"):
-            _, loss = plots.load_run(runs / name).series("loss")
+            _, loss = run_folders.load_run(runs / name).series("loss")
             assert (
                 table.loc[name, "final loss"] == pytest.approx(loss[-1]) and table.loc[name, "steps"] == STEPS
             )
         assert (folder / "loss_curves.png").exists()
-    fig = plots.plot_runs([plots.load_run(runs / "kit"), plots.load_run(runs / "plain-trl")])
+    fig = plots.plot_runs([run_folders.load_run(runs / "kit"), run_folders.load_run(runs / "plain-trl")])
     loss = next(ax for ax in fig.axes if ax.get_title() == "train loss")
-    assert len(loss.lines) == 4  # raw and smoothed, per run
+    # 4 loss lines per run: too few to smooth, each point marked, one line per run
+    assert len(loss.lines) == 2 and all(line.get_marker() == "o" for line in loss.lines)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["kit", "plain-trl"]

@@ -12,7 +12,8 @@ import sys
 
 def _plot(args) -> int:
     """Loss curves and summary of run folders: into the run folder (one run) or --out (several)."""
-    from .plots import load_runs, write_report
+    from .plots import write_report
+    from .runs import load_runs
 
     runs, problems = [], []
     for p in args.runs:

@@ -7,7 +7,6 @@ a trained model, loss curves, scored answers, and a DPO run that starts from the
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .paths import REPO_ROOT
+from .runs import load_run, read_result
 
 NOTEBOOKS = [
     "01_data_formatting",
@@ -93,9 +93,7 @@ def demo(name: str | None, recipe_file: str = "recipes/tiny_cpu.yaml") -> int:
 
 
 def print_summary(run_dir: Path, seconds: float, dpo_dir: Path | None = None) -> None:
-    from .plots import load_run
-
-    result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").exists() else {}
+    result = read_result(run_dir)
     _, loss = load_run(run_dir).series("loss")
     em_b, em_a = result.get("exact_match_before"), result.get("exact_match_after")
     lines = [
@@ -114,11 +112,7 @@ def print_summary(run_dir: Path, seconds: float, dpo_dir: Path | None = None) ->
     for extra in ("loss_curves.png", "merged"):
         if (run_dir / extra).exists():
             lines.append(f"  {extra:<18} {run_dir / extra}")
-    dpo = (
-        json.loads((dpo_dir / "result.json").read_text())
-        if dpo_dir and (dpo_dir / "result.json").exists()
-        else {}
-    )
+    dpo = read_result(dpo_dir) if dpo_dir else {}
     if "preference_accuracy_after" in dpo:
         lines += [
             f"  DPO ({dpo_dir}):",

@@ -6,7 +6,7 @@ side answers, the chat box). Generation stops on the template's end-of-turn toke
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def end_of_turn_ids(tokenizer, model=None) -> list[int]:
@@ -28,9 +28,17 @@ def end_of_turn_ids(tokenizer, model=None) -> list[int]:
 
 
 def answer(
-    model, tokenizer, conversations: Sequence[list[dict]], max_new_tokens: int = 64, batch_size: int = 32
+    model,
+    tokenizer,
+    conversations: Sequence[list[dict]],
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    progress: Callable[[int], object] | None = None,
 ) -> list[str]:
-    """Greedy answers to each conversation (its turns so far, ending with a user turn)."""
+    """Greedy answers to each conversation (its turns so far, ending with a user turn).
+
+    progress: called with the number of conversations answered after each batch (a progress bar's update),
+    so that one bar can follow several calls."""
     import torch
 
     device = next(model.parameters()).device
@@ -53,6 +61,8 @@ def answer(
                 )
             for seq in gen[:, enc["input_ids"].shape[1] :]:
                 out.append(tokenizer.decode(seq, skip_special_tokens=True).strip())
+            if progress is not None:
+                progress(len(prompts))
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
@@ -65,7 +75,12 @@ def prompt_text(messages: Sequence[dict]) -> str:
 
 
 def exact_match(
-    model, tokenizer, rows: Sequence[dict], n: int | None = None, max_new_tokens: int = 64
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    n: int | None = None,
+    max_new_tokens: int = 64,
+    progress: Callable[[int], object] | None = None,
 ) -> dict:
     """Answer the last user turn of each held-out conversation; score exact match with its reference.
 
@@ -75,7 +90,7 @@ def exact_match(
     rows = list(rows)[:n] if n else list(rows)
     prompts = [r["messages"][:-1] for r in rows]
     refs = [r["messages"][-1]["content"].strip() for r in rows]
-    answers = answer(model, tokenizer, prompts, max_new_tokens)
+    answers = answer(model, tokenizer, prompts, max_new_tokens, progress=progress)
     hits = [a == ref for a, ref in zip(answers, refs, strict=True)]
     return {
         "exact_match": sum(hits) / max(len(hits), 1),

@@ -10,7 +10,6 @@ the metadata the hub reads (base_model, library_name, tags, license, datasets).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import sys
 from importlib import metadata
@@ -19,9 +18,11 @@ from typing import Any
 
 import yaml
 
+from . import plots, runs
+from .trainers import KINDS
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name: a model or dataset on the hub
 CARD_FILE, PLOT_FILE = "README.md", "loss_curves.png"
-TRAINER_CLASS = {"sft": "SFTTrainer", "dpo": "DPOTrainer"}
 
 
 def kit_version() -> str:
@@ -95,17 +96,20 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float | int]:
 
 def loss_plot(run_dir: Path, out: Path) -> Path | None:
     """The run's train and eval loss as a PNG next to the card (None when nothing was logged)."""
-    from . import plots
-
-    run = plots.load_run(run_dir)
+    run = runs.load_run(run_dir)
     if not run.series("loss")[0] and not run.series("eval_loss")[0]:
         return None
     fig = plots.plot_runs([run], metrics=["loss", "eval_loss"], title=run.name)
     tmp = out.with_name(f".{out.name}.tmp")
     fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     tmp.replace(out)
-    plots._plt().close(fig)  # in a notebook kernel a figure left open would be shown under the cell
+    plots.close(fig)  # in a notebook kernel a figure left open would be shown under the cell
     return out
+
+
+def trainer_class(trainer: str) -> str:
+    """TRL's trainer class of a recipe's `trainer` (the name as given for one the kit does not know)."""
+    return KINDS[trainer].trainer if trainer in KINDS else trainer
 
 
 def _fmt(value: Any) -> str:
@@ -152,7 +156,7 @@ def _facts(recipe: dict, result: dict, base_text: str) -> list[list[Any]]:
     return [
         ["base model", base_text],
         ["method", METHODS.get(method, method) + (f" ({lora})" if lora else "")],
-        ["trainer", f"{trainer} (TRL `{TRAINER_CLASS.get(trainer, trainer)}`)"],
+        ["trainer", f"{trainer} (TRL `{trainer_class(trainer)}`)"],
         ["steps", f"{result.get('global_step', '?')} of {result.get('max_steps', '?')}"],
         [
             "processes",
@@ -190,11 +194,7 @@ def render(run_dir: Path, repo_id: str | None = None, license: str | None = None
     from huggingface_hub import ModelCardData
 
     final = run_dir / "final"
-    recipe = (
-        yaml.safe_load((run_dir / "recipe.yaml").read_text()) if (run_dir / "recipe.yaml").exists() else {}
-    )
-    result_file = run_dir / "result.json"
-    result = json.loads(result_file.read_text()) if result_file.exists() else {}
+    recipe, result = runs.read_params(run_dir), runs.read_result(run_dir)
     trainer, method, model = (
         recipe.get("trainer", "sft"),
         recipe.get("method", "full"),
@@ -221,7 +221,7 @@ def render(run_dir: Path, repo_id: str | None = None, license: str | None = None
     plot = loss_plot(run_dir, final / PLOT_FILE)
     sections = [
         f"# {run_dir.name}",
-        f"A {METHODS.get(method, method)} of {base_text} with TRL's `{TRAINER_CLASS.get(trainer, trainer)}`, "
+        f"A {METHODS.get(method, method)} of {base_text} with TRL's `{trainer_class(trainer)}`, "
         f"made with the workshop kit (workshop-lib {kit_version()}). Everything below comes from the run folder.",
         _table(["", ""], _facts(recipe, result, base_text)),
         "## Use it",

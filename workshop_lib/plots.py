@@ -1,19 +1,20 @@
-"""Figures: dataset statistics, token lengths, loss curves. Matplotlib only, returning Figures.
+"""Figures: dataset statistics, token lengths, loss curves (live, and of finished runs). Matplotlib only.
 
-Every function returns the Figure, so notebooks display it and tests inspect its axes and data.
+Every function returns the Figure, so notebooks display it and tests inspect its axes and data. Reading run
+folders is runs.py's job; this module draws what it reads and writes the report of notebook 04 and `plot`.
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .paths import REPO_ROOT
+from .runs import Run, differing_params, load_run, params_table, summary_table
 
 
 def _plt():
@@ -83,239 +84,37 @@ def plot_lengths(report, max_length: int | None = None, title: str = "token leng
     return fig
 
 
-# ----------------------------------------------------------------------------- runs and loss curves
+# ----------------------------------------------------------------------------- loss curves
 METRICS = {
     "loss": "train loss",
     "eval_loss": "eval loss",
     "learning_rate": "learning rate",
     "grad_norm": "gradient norm",
     "tokens_per_s": "tokens / s",
+    "rewards/accuracies": "preference accuracy (train)",  # DPO: chosen scored above rejected
+    "rewards/margins": "reward margin (train)",  # DPO: how far above
 }
 X_AXES = {"step": "optimizer step", "epoch": "epoch", "tokens": "tokens seen"}
+FIGSIZE = (13.0, 6.4)  # one size for any number of panels and runs of one trainer: the output never jumps
+ROW_HEIGHT = FIGSIZE[1] / 2  # runs of several trainers: one group of rows per trainer
+MARKED = 12  # series with at most this many points show each point
+LABELLED = 3  # ... and at most this many say their value beside it (a 30-step run logged once)
+SMOOTHED = 6  # smoothing a shorter series would only hide its points
 
 
-class RunError(ValueError):
-    """A folder that cannot be plotted: says which and why."""
+def run_label(run: Run, differ: Sequence[str] = ()) -> str:
+    """A run's name, the recipe keys that set it apart from the others shown (at most 3), and whether
+    it finished."""
+    keys = ", ".join(_short(k) for k in differ[:3]) + (
+        f", +{len(differ) - 3} more" if len(differ) > 3 else ""
+    )
+    return run.name + (f" ({keys})" if keys else "") + ("" if run.finished else " [unfinished]")
 
 
-@dataclass
-class Run:
-    """One run folder's records (from metrics.jsonl, else TensorBoard event files, else trainer_state.json)
-    and parameters."""
-
-    path: Path
-    records: list[dict]
-    params: dict
-    result: dict
-    problems: list[str] = field(default_factory=list)
-    source: str = "metrics.jsonl"  # or "tensorboard" (a plain TRL run), "trainer_state.json"
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def finished(self) -> bool:
-        return bool(self.result)
-
-    def series(self, metric: str, x: str = "step") -> tuple[list[float], list[float]]:
-        def x_of(r: dict):
-            if x != "tokens":
-                return r.get(x)
-            # train records count num_tokens; eval records only num_input_tokens_seen (when TRL logs it)
-            return r.get("num_tokens", r.get("num_input_tokens_seen"))
-
-        # a record without its own x (an eval record without a token count) takes that of its step
-        by_step = {r["step"]: x_of(r) for r in self.records if x_of(r) is not None and "step" in r}
-        xs, ys = [], []
-        for r in self.records:
-            if metric in r and r[metric] is not None:
-                xv = x_of(r)
-                xv = by_step.get(r.get("step")) if xv is None else xv
-                if xv is not None:
-                    xs.append(xv)
-                    ys.append(r[metric])
-        return xs, ys
-
-
-def load_run(path: str | Path) -> Run:
-    """Read a run folder, finished, still running or killed. Corrupt metric lines are skipped and reported."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_dir():
-        raise RunError(f"{path}: not a folder. Give a run folder (runs/<name>) or a glob (runs/*).")
-    metrics, state = path / "metrics.jsonl", path / "trainer_state.json"
-    problems: list[str] = []
-    records: list[dict] = []
-    if metrics.exists():
-        for n, line in enumerate(metrics.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if not isinstance(rec, dict) or "step" not in rec:
-                    raise ValueError("not a metrics record (no step)")
-                records.append(rec)
-            except (json.JSONDecodeError, ValueError) as e:
-                problems.append(f"{metrics}:line {n}: skipped a corrupt metrics line ({e})")
-    source = "metrics.jsonl"
-    events = [] if records else event_files(path)
-    if events:  # a run without the kit's metrics.jsonl: a plain TRL script's output_dir
-        records, source = read_events(events, problems), "tensorboard"
-    if not records and state.exists():
-        source = "trainer_state.json"
-        try:
-            records = [dict(r) for r in json.loads(state.read_text()).get("log_history", []) if "step" in r]
-        except json.JSONDecodeError as e:
-            problems.append(f"{state}: unreadable ({e})")
-    if not records and not events and not (path / "recipe.yaml").exists():
-        raise RunError(
-            f"{path}: not a run folder (no metrics.jsonl, TensorBoard event files, trainer_state.json or "
-            "recipe.yaml). Point at runs/<name>, written by notebook 03, or a TRL output_dir."
-        )
-    params = {}
-    if (path / "recipe.yaml").exists():
-        params = yaml.safe_load((path / "recipe.yaml").read_text()) or {}
-    result = json.loads((path / "result.json").read_text()) if (path / "result.json").exists() else {}
-    if not result and source == "tensorboard":
-        result = _events_result(records)
-    if not records:
-        problems.append(f"{path}: no metrics yet (the run has not logged a step)")
-    return Run(path, records, params, result, problems, source)
-
-
-# ----------------------------------------------------------------------------- TensorBoard event files
-def event_files(path: str | Path) -> list[Path]:
-    """TensorBoard event files anywhere under a folder (a trainer writes <output_dir>/runs/<date>_<host>/),
-    oldest first, leaving out those of other run folders nested inside it."""
-    path = Path(path)
-    found = []
-    for f in path.rglob("events.out.tfevents.*"):
-        between = f.relative_to(path).parents  # the folders from f's up to (not including) path
-        if not any((path / d / m).exists() for d in list(between)[:-1] for m in RUN_MARKERS):
-            found.append(f)
-    return sorted(found, key=_event_time)
-
-
-def _event_time(f: Path) -> tuple[float, str]:
-    """The creation time in an event file's name (events.out.tfevents.<unix time>.<host>...)."""
-    part = f.name.split(".")[3] if f.name.count(".") >= 3 else ""
-    return (float(part) if part.isdigit() else f.stat().st_mtime, str(f))
-
-
-def tag_to_metric(tag: str) -> str:
-    """A TensorBoard tag as the kit's metric name. transformers writes a log key `k` as `train/k` and
-    `eval_k` as `eval/k` (integrations.rewrite_logs): train/loss -> loss, eval/loss -> eval_loss."""
-    prefix, _, key = tag.partition("/")
-    if prefix == "train" and key:
-        return key
-    if prefix in ("eval", "test") and key:
-        return f"{prefix}_{key}"
-    return tag
-
-
-def read_events(files: Sequence[Path], problems: list[str] | None = None) -> list[dict]:
-    """The scalars of event files as metrics records, one per step, read with TensorBoard's own reader.
-
-    Files are read oldest first, so a resumed try's value replaces the stopped try's at the same step.
-    `time` is when the step's loss was logged; tokens_per_s is computed from num_tokens as the kit does."""
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
-
-    by_step: dict[int, dict] = {}
-    for f in files:
-        acc = EventAccumulator(str(f), size_guidance={SCALARS: 0})  # 0: keep every point, not a sample
-        try:
-            acc.Reload()
-        except Exception as e:  # a file cut by a kill: keep the others
-            if problems is not None:
-                problems.append(f"{f}: unreadable TensorBoard events ({type(e).__name__}: {e})")
-            continue
-        for tag in acc.Tags()[SCALARS]:
-            for ev in acc.Scalars(tag):
-                rec = by_step.setdefault(ev.step, {"step": ev.step, "time": ev.wall_time})
-                rec[tag_to_metric(tag)] = ev.value
-                if tag == "train/loss":
-                    rec["time"] = ev.wall_time
-    records = [by_step[s] for s in sorted(by_step)]
-    last = None
-    for rec in records:
-        if "loss" in rec and "num_tokens" in rec:
-            if last and rec["time"] > last["time"]:
-                rec["tokens_per_s"] = (rec["num_tokens"] - last["num_tokens"]) / (rec["time"] - last["time"])
-            last = rec
-    return records
-
-
-def _events_result(records: list[dict]) -> dict:
-    """A finished plain TRL run's summary from its events: the trainer logs train_loss once, at the end."""
-    end = next((r for r in reversed(records) if "train_loss" in r), None)
-    if end is None:
-        return {}
-    return {
-        "train_loss": end["train_loss"],
-        "train_runtime_s": end.get("train_runtime"),
-        "source": "tensorboard",
-    }
-
-
-RUN_MARKERS = ("recipe.yaml", "metrics.jsonl", "trainer_state.json")
-
-
-def is_run_folder(path: str | Path) -> bool:
-    """A folder written by a training run (not runs/logs, runs/comparison, data or executed notebooks):
-    the kit's, or a plain TRL script's output_dir with TensorBoard event files."""
-    path = Path(path)
-    return path.is_dir() and (any((path / m).exists() for m in RUN_MARKERS) or bool(event_files(path)))
-
-
-def load_runs(paths: str | Path | Sequence[str | Path]) -> tuple[list[Run], list[str]]:
-    """Load many runs (a glob, a folder, or a list). Bad folders become problems; good ones still load.
-
-    A glob keeps only run folders, silently: runs/* also holds the kit's own folders (logs, comparison,
-    data) and executed notebooks. Folders named one by one are all reported on.
-    """
-    if isinstance(paths, (str, Path)):
-        text = str(paths)
-        if any(c in text for c in "*?["):
-            found = [p for p in sorted(glob.glob(text)) if is_run_folder(p)]
-            if not found:
-                return [], [f"{text}: matches no run folder (a folder with recipe.yaml or metrics.jsonl)"]
-        else:
-            found = [text]
-    else:
-        found = [str(p) for p in paths]
-    runs, problems = [], []
-    for p in found:
-        try:
-            run = load_run(p)
-        except RunError as e:
-            problems.append(str(e))
-            continue
-        runs.append(run)
-        problems += run.problems
-    return runs, problems
-
-
-def differing_params(runs: Sequence[Run]) -> dict[str, list[str]]:
-    """Label each run by the recipe keys whose values differ between the runs (a sweep's grid)."""
-    ignore = {"run_name", "output_root", "resume", "node_rank", "master_addr", "master_port"}
-    keyed = [r for r in runs if r.params]  # a plain TRL run has no recipe: nothing to compare it by
-    keys = sorted({k for r in keyed for k in r.params} - ignore)
-    differ = [k for k in keys if len({json.dumps(r.params.get(k), default=str) for r in keyed}) > 1]
-    return {r.name: [f"{k}={r.params.get(k)}" for k in differ] if r.params else [] for r in runs}
-
-
-def params_table(runs: Sequence[Run]):
-    """The recipe keys that differ between runs, one row per run (the legend shows run names only)."""
-    import pandas as pd
-
-    differ = differing_params(runs)
-    return pd.DataFrame([{"run": r.name, **dict(s.split("=", 1) for s in differ[r.name])} for r in runs])
-
-
-def run_label(run: Run) -> str:
-    return run.name + ("" if run.finished else " [unfinished]")
+def _short(key_value: str, n: int = 28) -> str:
+    """key=value with a long value (a path) cut to its end."""
+    key, _, value = key_value.partition("=")
+    return f"{key}={value if len(value) <= n else '...' + value[-(n - 3) :]}"
 
 
 def smooth(ys: Sequence[float], weight: float) -> list[float]:
@@ -327,7 +126,80 @@ def smooth(ys: Sequence[float], weight: float) -> list[float]:
     return out
 
 
-FIGSIZE = (13.0, 6.4)  # one size for any number of panels and runs: the notebook's output never jumps
+def by_trainer(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by trainer (sft first): their losses measure different things, so never share axes."""
+    groups: dict[str, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: r.trainer != "sft"):
+        groups.setdefault(run.trainer, []).append(run)
+    return groups
+
+
+def _average_loss(run: Run, x: str) -> tuple[list[float], list[float]]:
+    """A run without loss lines (logging_steps at least its length): the trainer's average loss over the
+    run, logged once at the end, as one point at the last step."""
+    end = next((r for r in reversed(run.records) if "train_loss" in r), None)
+    if end is None:
+        return [], []
+    xs, _ = run.series("train_loss", x)
+    return xs[-1:], [end["train_loss"]]
+
+
+def _why_empty(runs: Sequence[Run], name: str, x: str) -> str:
+    """What an empty panel says: logging_steps longer than the run, or simply not logged (yet)."""
+    for run in runs:
+        every, steps = run.params.get("logging_steps"), max((r["step"] for r in run.records), default=0)
+        if isinstance(every, (int, float)) and every >= 1 and 0 < steps < every:
+            return f"no {name}: logging_steps {every:g} is more\nthan the run's {steps} steps"
+    return f"no {name} against {X_AXES.get(x, x)}\n(not logged, or not yet)"
+
+
+def _draw(ax, run: Run, metric: str, x: str, smoothing: float, colour: str, label: str) -> bool:
+    """One run's line on one panel; short series marked point by point. False: nothing to draw."""
+    xs, ys = run.series(metric, x)
+    average = metric == "loss" and not xs
+    if average:
+        xs, ys = _average_loss(run, x)
+    if not xs:
+        return False
+    if metric == "loss" and smoothing > 0 and len(ys) >= SMOOTHED:
+        ax.plot(
+            xs,
+            ys,
+            color=colour,
+            alpha=0.3,
+            linewidth=1,
+            marker="o" if len(xs) <= MARKED else None,
+            markersize=3,
+        )
+        ax.plot(xs, smooth(ys, smoothing), color=colour, label=label, linewidth=1.8)
+        return True
+    marker = "D" if average else "o" if metric == "eval_loss" or len(xs) <= MARKED else None
+    ax.plot(xs, ys, color=colour, label=label, marker=marker, markersize=5 if len(xs) <= LABELLED else 4)
+    if len(xs) <= LABELLED:  # a point alone says nothing without its value
+        for xv, yv in zip(xs, ys, strict=True):
+            text = _value(yv) + (" (average over the run)" if average else "")
+            ax.annotate(
+                text,
+                (xv, yv),
+                textcoords="offset points",
+                xytext=(0, 7),
+                ha="center",
+                fontsize=8,
+                color=colour,
+            )
+    return True
+
+
+def _value(y: float) -> str:
+    """A point's value as a label: 3,875 tokens/s, 0.844 accuracy, 7.3e-05 learning rate."""
+    if abs(y) >= 1000:
+        return f"{y:,.0f}"
+    return f"{y:.2g}" if 0 < abs(y) < 0.01 else f"{y:.3g}"
+
+
+def _steps(runs: Sequence[Run]) -> int:
+    """The longest planned run (max_steps as logged), so that a few points sit where they belong in it."""
+    return max((int(r.get("max_steps") or r["step"]) for run in runs for r in run.records), default=0)
 
 
 def plot_runs(
@@ -337,70 +209,88 @@ def plot_runs(
     smoothing: float = 0.6,
     title: str | None = None,
 ):
-    """One panel per metric, one line per run (labelled by its name: `params_table` says what differs).
+    """One panel per metric and trainer, one line per run, labelled by its name and the recipe keys that
+    differ (runs of different trainers, SFT and DPO, are drawn on separate panels).
 
     metrics=None: every metric the runs logged. A metric without data on the chosen x axis keeps its panel,
-    which says so, rather than disappearing.
+    which says why, rather than disappearing. A short run (few log lines) shows its points and values.
     """
     plt = _plt()
     from matplotlib.ticker import EngFormatter, MaxNLocator
 
-    if metrics is None:
-        metrics = [m for m in METRICS if any(run.series(m, "step")[0] for run in runs)] or ["loss"]
-    cols = min(len(metrics), 3)
-    rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=FIGSIZE, squeeze=False)
+    groups = by_trainer(runs) or {"sft": []}
+    panels = []  # (trainer, metric, runs of that trainer)
+    for trainer, group in groups.items():
+        chosen = metrics or [
+            m for m in METRICS if m == "loss" or any(run.series(m, "step")[0] for run in group)
+        ]
+        panels += [(trainer, m, group) for m in chosen]
+    # a second trainer's panels go on rows of their own: four to a row keeps the figure short
+    cols = min(max(sum(1 for p in panels if p[0] == t) for t in groups), 3 if len(groups) == 1 else 4)
+    rows_of = {t: math.ceil(sum(1 for p in panels if p[0] == t) / cols) for t in groups}
+    rows = sum(rows_of.values())
+    size = FIGSIZE if len(groups) == 1 else (FIGSIZE[0], ROW_HEIGHT * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, metric in zip(axes.flat, metrics, strict=False):
-        name = METRICS.get(metric, metric)
-        ax.set(xlabel=X_AXES.get(x, x), ylabel=name, title=name)
-        drawn = False
-        for i, run in enumerate(runs):
-            xs, ys = run.series(metric, x)
-            if not xs:
-                continue
-            drawn = True
-            colour = colours[i % len(colours)]
-            if metric == "loss" and smoothing > 0 and len(ys) > 2:
-                ax.plot(xs, ys, color=colour, alpha=0.3, linewidth=1)
-                ax.plot(xs, smooth(ys, smoothing), color=colour, label=run_label(run), linewidth=1.8)
-            else:
-                marker = "o" if metric == "eval_loss" or len(xs) < 3 else None
-                ax.plot(xs, ys, color=colour, label=run_label(run), marker=marker, markersize=4)
-        if not drawn:
-            ax.text(
-                0.5,
-                0.5,
-                f"no {name} against {X_AXES.get(x, x)}\n(not logged, or not yet)",
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                color="#6b7280",
+    labels, colour_of = {}, {}
+    for group in groups.values():
+        differ = differing_params(group)
+        for run in group:
+            labels[id(run)] = run_label(run, differ[run.name])
+            colour_of[id(run)] = colours[len(colour_of) % len(colours)]
+    used, first_row = [], 0
+    for trainer in groups:
+        mine = [p for p in panels if p[0] == trainer]
+        for k, (_, metric, group) in enumerate(mine):
+            ax = axes[first_row + k // cols][k % cols]
+            used.append(ax)
+            name = METRICS.get(metric, metric)
+            ax.set(
+                xlabel=X_AXES.get(x, x),
+                ylabel=name,
+                title=name if len(groups) == 1 else f"{name} ({trainer.upper()})",
             )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-        if x == "tokens":
-            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 120k, 1.2M: labels that do not overlap
-        if metric == "learning_rate":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics) :]:
-        ax.remove()
-    handles, names = {}, []
+            drawn = [
+                _draw(ax, run, metric, x, smoothing, colour_of[id(run)], labels[id(run)]) for run in group
+            ]
+            if not any(drawn):
+                ax.text(
+                    0.5,
+                    0.5,
+                    _why_empty(group, name, x),
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    color="#6b7280",
+                )
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=x == "step"))
+            if x == "tokens":
+                ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 120k, 1.2M: labels that do not overlap
+            if metric == "learning_rate":
+                ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+            ax.margins(x=0.08, y=0.15)  # room for a lone point's value
+            if x == "step" and _steps(group):  # a point alone at step 6 of 6, not on an axis from 5.7 to 6.3
+                ax.set_xlim(left=0, right=_steps(group) * 1.08)
+            ax.grid(alpha=0.3)
+        first_row += rows_of[trainer]
+    for ax in axes.flat:
+        if ax not in used:
+            ax.remove()
+    handles: dict[str, Any] = {}
     for ax in fig.axes:
         for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
-            if n not in handles:
-                handles[n] = h
-                names.append(n)
-    legend_rows = math.ceil(len(names) / 4) if names else 0
+            handles.setdefault(n, h)
+    names = list(handles)
+    ncol = min(len(names), 2 if any(len(n) > 40 for n in names) else 4) or 1
+    legend_rows = math.ceil(len(names) / ncol) if names else 0
     if names:
-        fig.legend(
-            [handles[n] for n in names], names, loc="lower center", ncol=min(len(names), 4), fontsize=8
-        )
+        fig.legend([handles[n] for n in names], names, loc="lower center", ncol=ncol, fontsize=8)
     fig.suptitle(title or (runs[0].name if len(runs) == 1 else f"{len(runs)} runs"))
-    fig.tight_layout(rect=(0, min(0.035 * legend_rows + 0.01, 0.4) if names else 0, 1, 1))
+    bottom = min(0.035 * legend_rows * FIGSIZE[1] / size[1] + 0.01, 0.4) if names else 0
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     return fig
 
 
@@ -409,44 +299,9 @@ def plot_run(path: str | Path, **kw):
     return plot_runs([load_run(path)], **kw)
 
 
-def summary_table(runs: Sequence[Run]):
-    """Final and best losses, runtime, tokens/s, GPU-hours (where known) per run, as a DataFrame.
-
-    What differs between the runs' recipes is `params_table`'s (write_report joins both into summary.csv)."""
-    import pandas as pd
-
-    rows = []
-    for run in runs:
-        _, loss = run.series("loss")
-        _, ev = run.series("eval_loss")
-        _, tps = run.series("tokens_per_s")
-        times = [r["time"] for r in run.records if "time" in r]
-        # total_runtime_s sums the tries of a preempted and resumed run; older results had train_runtime_s
-        recorded = next(
-            (run.result[k] for k in ("total_runtime_s", "runtime_s", "train_runtime_s") if run.result.get(k)),
-            None,
-        )
-        runtime = recorded or (times[-1] - times[0] if len(times) > 1 else None)
-        world = run.result.get("world_size") or (
-            run.params.get("nproc_per_node", 1) * run.params.get("nnodes", 1)
-        )
-        gpu = run.result.get("device") == "cuda"
-        rows.append(
-            {
-                "run": run.name,
-                "steps": max((r["step"] for r in run.records), default=0),
-                "final loss": loss[-1] if loss else None,
-                "best loss": min(loss) if loss else None,
-                "final eval loss": ev[-1] if ev else None,
-                "best eval loss": min(ev) if ev else None,
-                "exact match": run.result.get("exact_match_after"),
-                "runtime (s)": round(runtime, 1) if runtime else None,
-                "tokens/s": round(sum(tps) / len(tps)) if tps else None,
-                "GPU-hours": round(runtime * world / 3600, 3) if runtime and gpu else None,
-                "finished": run.finished,
-            }
-        )
-    return pd.DataFrame(rows)
+def close(fig) -> None:
+    """Close a figure drawn only to be saved: in a notebook kernel an open figure is shown under the cell."""
+    _plt().close(fig)
 
 
 def save_figure(fig, path_stem: str | Path) -> list[Path]:
@@ -467,8 +322,6 @@ def write_report(
 ) -> dict[str, Any]:
     """Loss curves (PNG + SVG) and summary table (CSV + Markdown) of runs, written into `out_dir`:
     by default the run folder for one run, runs/comparison for several. Used by notebook 04 and `plot`."""
-    from .model import REPO_ROOT
-
     target = (
         Path(out_dir) if out_dir else (runs[0].path if len(runs) == 1 else REPO_ROOT / "runs" / "comparison")
     )

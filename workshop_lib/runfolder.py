@@ -213,15 +213,11 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
 
 
 def newest_final(output_root: str | Path, trainer: str = "sft") -> Path | None:
-    """The final/ model folder of the newest finished run of that trainer under output_root (None if none):
-    where DPO (notebook 06) starts when no model is named, the model notebook 03 just trained."""
-    found = []
-    for result in Path(output_root).glob("*/result.json"):
-        run = result.parent
-        recorded = run / "recipe.yaml"
-        kind = (
-            (yaml.safe_load(recorded.read_text()) or {}).get("trainer", "sft") if recorded.exists() else None
-        )
-        if kind == trainer and (run / "final").is_dir():
-            found.append((result.stat().st_mtime, run / "final"))
-    return max(found)[1] if found else None
+    """The final/ model folder of the newest finished run of that trainer under output_root (None if none).
+    A thin wrapper kept for notebook 06 until it calls runs.pick_run, which also says which run and why."""
+    from . import runs  # reading run folders is runs.py's job; this wrapper is on its way out
+
+    try:
+        return runs.pick_run(output_root, trainer)[0] / "final"
+    except runs.RunError:
+        return None
