@@ -11,7 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from . import chat
+from . import chat, data
+from .control import STOP_FILE
+from .model import resolve_model
 from .recipe import Recipe, RecipeError
 from .trainers import KINDS
 
@@ -29,8 +31,6 @@ def tokenizer(recipe: Recipe):
     Returns (tokenizer, report); the report says what was found and done, or the call refuses clearly."""
     from transformers import AutoTokenizer
 
-    from .model import resolve_model
-
     tok = AutoTokenizer.from_pretrained(resolve_model(recipe.model))
     report = chat.prepare_tokenizer(tok, recipe.template)
     return tok, report
@@ -39,8 +39,6 @@ def tokenizer(recipe: Recipe):
 def rows(spec: Any, seed: int = 0, kind: str = "messages") -> list[dict]:
     """Validated conversations (kind "messages") or preference pairs ("preference") from a file, folder,
     hub id or weighted mixture (data.load_training_rows)."""
-    from . import data
-
     found, _ = data.load_training_rows(spec, seed=seed, kind=kind)
     return found
 
@@ -58,10 +56,8 @@ def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
     they are cut here, and rows left without any answer token are dropped.
     DPO: prompt/chosen/rejected conversations, which DPOTrainer tokenizes with the chat template itself.
     """
-    if recipe.trainer == "dpo":
+    if KINDS[recipe.trainer].data == "preference":
         return _preference_datasets(recipe)
-    from . import data
-
     sft = recipe.trl
     cut = sft.get("max_length") if sft.get("padding_free") and not sft.get("packing") else None
 
@@ -85,8 +81,6 @@ def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
 
 
 def _preference_datasets(recipe: Recipe) -> tuple[Any, Any, list[dict]]:
-    from . import data
-
     seed = int(recipe.trl.get("seed", 0))
 
     def prepare(found: list[dict]):
@@ -109,8 +103,6 @@ def model(recipe: Recipe, tokenizer):
     generation stopping at the template's end of turn."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from .model import resolve_model
 
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if device_kind() == "cuda" else torch.float32}
     if recipe.method == "qlora":
@@ -175,8 +167,6 @@ def lora_args(recipe: Recipe, model=None) -> tuple[dict[str, Any] | None, dict[s
     if recipe.method == "full":
         return None, {}
     from transformers import AutoConfig
-
-    from .model import resolve_model
 
     kwargs: dict[str, Any] = {"task_type": "CAUSAL_LM"}
     why = {"task_type": "a causal language model: PEFT wraps it for generation"}
@@ -309,6 +299,5 @@ def trl_config(recipe: Recipe):
 def callbacks(recipe: Recipe) -> list:
     """The kit's callbacks: the live metrics file and checkpoint-and-stop on request."""
     from .callbacks import MetricsJSONL, StopOnRequest
-    from .runfolder import STOP_FILE
 
     return [MetricsJSONL(Path(recipe.run_dir) / "metrics.jsonl"), StopOnRequest(recipe.run_dir / STOP_FILE)]
