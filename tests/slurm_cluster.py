@@ -5,8 +5,12 @@ runs can be tested, each advertising 4 CPUs so that several 1-CPU jobs run side 
 
 Each slurmd runs in its own mount and UTS namespace: its hostname is its node name, and a private
 copy of /etc/hosts makes n1..nN resolve to 127.0.0.1 inside jobs (MASTER_ADDR is a node name), without
-touching the machine's real /etc/hosts. Config, state and logs live in a temporary folder. Needs root
-and Debian's slurmctld, slurmd, slurm-client and munge (scripts/install_slurm.sh).
+touching the machine's real /etc/hosts. Config, state and logs live in a temporary folder. The cluster
+has its own munged (its own socket, AuthInfo=socket=...) and free ports, so that it runs beside another
+local cluster with its own jobs. Needs root and Debian's slurmctld, slurmd, slurm-client and munge
+(scripts/install_slurm.sh).
+
+`wait` and `wait_for` stop as soon as a job has ended, and a failed job shows its log's ROOT CAUSE.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ class LocalSlurm:
         self.conf = self.root / "slurm.conf"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         self.procs: list[subprocess.Popen] = []
+        self.munge = Path(tempfile.mkdtemp(prefix="workshop-munge-"))  # munged must reach it: not under root
+        self.munge_socket = self.munge / "munge.socket"
 
     def write_config(self) -> None:
         ctld_port, *node_ports = _free_ports(1 + len(self.nodes))
@@ -68,7 +74,7 @@ class LocalSlurm:
             f"SlurmctldPort={ctld_port}",
             "SlurmUser=root",
             "AuthType=auth/munge",
-            "AuthInfo=cred_expire=10",
+            f"AuthInfo=socket={self.munge_socket},cred_expire=10",
             f"StateSaveLocation={self.root}/state",
             f"SlurmctldPidFile={self.root}/slurmctld.pid",
             f"SlurmctldLogFile={self.root}/log/slurmctld.log",
@@ -106,11 +112,14 @@ class LocalSlurm:
     def start(self, timeout: float = 30) -> float:
         t0 = time.time()
         self.write_config()
-        munge_run = Path("/run/munge")
-        munge_run.mkdir(exist_ok=True)
-        shutil.chown(munge_run, "munge", "munge")
-        if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
-            subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+        shutil.chown(self.munge, "munge", "munge")
+        self.munge.chmod(0o755)
+        m = self.munge
+        subprocess.run(
+            ["runuser", "-u", "munge", "--", "/usr/sbin/munged", f"--socket={self.munge_socket}"]
+            + [f"--pid-file={m}/munged.pid", f"--log-file={m}/munged.log", f"--seed-file={m}/munged.seed"],
+            check=True,
+        )
         self.procs.append(
             subprocess.Popen(
                 ["/usr/sbin/slurmctld", "-D", "-c", "-i", "-f", str(self.conf)],
@@ -163,19 +172,44 @@ class LocalSlurm:
                 info.setdefault(k, v)
         return info
 
-    def wait(
-        self,
-        job_id: str,
-        timeout: float = 600,
-        states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"),
-    ) -> dict:
+    ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED")
+
+    def ended(self, job_id: str) -> dict | None:
+        """The job's record once it has ended for good (a requeued job has not), else None."""
+        info = self.job(job_id)
+        return info if info.get("JobState") in self.ENDED else None
+
+    def wait(self, job_id: str, timeout: float = 600) -> dict:
+        """Until the job has ended; its scontrol record."""
         t0 = time.time()
         while time.time() - t0 < timeout:
-            info = self.job(job_id)
-            if info.get("JobState") in states:
+            info = self.ended(job_id)
+            if info is not None:
                 return info
             time.sleep(0.5)
         raise TimeoutError(f"job {job_id} not finished after {timeout} s: {self.job(job_id)}")
+
+    def wait_for(self, job_id: str, predicate, timeout: float, what: str, log=None) -> None:
+        """Until predicate() holds; fails at once, with the job's end and its root cause, if the job ends
+        first (log: a callable returning the job log's text)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate():
+                return
+            info = self.ended(job_id)
+            if info is not None and not predicate():
+                text = log() if log else ""
+                cause = [x for x in text.splitlines() if "ROOT CAUSE" in x]
+                raise AssertionError(
+                    f"job {job_id} ended ({info.get('JobState')}, exit {info.get('ExitCode')}) before {what}: "
+                    + (cause[-1] if cause else "no ROOT CAUSE in its log")
+                    + "\n"
+                    + text[-3000:]
+                )
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"waited {timeout} s for {what} (job {job_id}: {self.job(job_id).get('JobState')})"
+        )
 
     def stop(self) -> None:
         self.run("scancel", "--user", "root", check=False)
@@ -198,6 +232,12 @@ class LocalSlurm:
                     os.kill(int(proc.name), 9)
             except (OSError, PermissionError):
                 pass
+        pid = self.munge / "munged.pid"
+        if pid.exists():
+            try:
+                os.kill(int(pid.read_text()), 15)
+            except (OSError, ValueError):
+                pass
 
 
 _SHARED: LocalSlurm | None = None
@@ -215,6 +255,7 @@ def shared(nodes: int = 3, cpus: int = 4) -> LocalSlurm:
         def stop() -> None:
             cluster.stop()
             shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(cluster.munge, ignore_errors=True)
 
         atexit.register(stop)
         _SHARED = cluster

@@ -8,6 +8,7 @@ take longest are submitted once, at the start of the module, so they share the c
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -104,18 +105,24 @@ def preempt(cluster, out_root, name, job, points):
     """Preempt a running job at each point: an int n means 'once n more steps than the last stop are
     logged'; "start" means 'as soon as the requeued try has started' (before training reads anything)."""
     run_dir = Path(out_root) / name
+
+    def log():
+        return log_of(out_root, name, job)
+
     last = 0
     for k, point in enumerate(points):
-        wait_until(lambda k=k: f"try {k}:" in log_of(out_root, name, job), 600, f"try {k} of {name}")
+        cluster.wait_for(job, lambda k=k: f"try {k}:" in log(), 600, f"try {k} of {name}", log)
         if point != "start":
             target = last + point
-            wait_until(
-                lambda t=target: max(logged_steps(run_dir), default=0) >= t, 600, f"{name} step {target}"
+            cluster.wait_for(
+                job,
+                lambda t=target: max(logged_steps(run_dir), default=0) >= t,
+                600,
+                f"{name} step {target}",
+                log,
             )
         signal_job(cluster, job)
-        wait_until(
-            lambda k=k: log_of(out_root, name, job).count("requeueing job") > k, 600, f"{name} requeue"
-        )
+        cluster.wait_for(job, lambda k=k: log().count("requeueing job") > k, 600, f"{name} requeue", log)
         last = json.loads((run_dir / "tries.jsonl").read_text().splitlines()[-1])["to_step"]
 
 
@@ -294,7 +301,13 @@ def _kill_during_training(cluster, tmp_path, name, pick):
     job, _ = submit(
         cluster, tmp_path, "--recipe", "recipes/tiny_cpu.yaml", "--nodes", "2", "--name", name, params=LONG
     )
-    wait_until(lambda: logged_steps(tmp_path / name), 300, "training to start")
+    cluster.wait_for(
+        job,
+        lambda: logged_steps(tmp_path / name),
+        300,
+        "training to start",
+        lambda: log_of(tmp_path, name, job),
+    )
     pids = _processes(job, "1", pick)
     assert pids, f"no process of node 1 for which {pick.__name__}"
     t_kill = time.time()
@@ -345,19 +358,155 @@ def test_an_exception_in_a_notebook_is_the_root_cause(cluster, tmp_path):
     assert "ROOT CAUSE" in last and "no assistant turn" in last and "bad.jsonl:line 1" in last, log[-3000:]
 
 
-def test_scancel_ends_a_training_job_for_good(cluster, tmp_path):
-    job, _ = submit(cluster, tmp_path, "--recipe", "recipes/tiny_cpu.yaml", "--name", "cancel", params=LONG)
-    wait_until(lambda: logged_steps(tmp_path / "cancel"), 300, "training to start")
+def test_scancel_ends_a_two_node_job_for_good_and_records_the_try_as_cancelled(cluster, tmp_path):
+    job, _ = submit(
+        cluster,
+        tmp_path,
+        "--recipe",
+        "recipes/tiny_cpu.yaml",
+        "--nodes",
+        "2",
+        "--name",
+        "cancel",
+        params=LONG,
+    )
+    run = tmp_path / "cancel"
+    cluster.wait_for(
+        job, lambda: logged_steps(run), 300, "training to start", lambda: log_of(tmp_path, "cancel", job)
+    )
     t0 = time.time()
     cluster.run("scancel", job)
-    info = cluster.wait(job, timeout=120)
+    cluster.wait(job, timeout=120)
     took = time.time() - t0
     time.sleep(4)  # a requeue would show now (the script would have asked for it before ending)
     info = cluster.job(job)
     log = log_of(tmp_path, "cancel", job)
     assert info["JobState"] == "CANCELLED" and int(info.get("Restarts", 0)) == 0, (info, log[-3000:])
-    assert "try 1" not in log
-    saved = sorted(p.name for p in (tmp_path / "cancel").glob("checkpoint-*"))
+    assert "try 1" not in log and not (run / "PREEMPTED").exists(), log[-3000:]
+    tries = [json.loads(x) for x in (run / "tries.jsonl").read_text().splitlines()]
+    assert [(t["try"], t["ended"], t["preempted"]) for t in tries] == [(0, "cancelled", False)], tries
+    saved = sorted(p.name for p in run.glob("checkpoint-*"))
     print(
-        f"\nscancel -> job ended in {took:.1f} s, not requeued; checkpoint written on the way out: {saved or 'none'}"
+        f"\nscancel (2 nodes) -> job ended in {took:.1f} s, not requeued; try 0 recorded as cancelled "
+        f"(to step {tries[0].get('to_step')}); checkpoint written on the way out: {saved or 'none'}"
     )
+
+
+def _is_train_worker(cmd, parent):  # forked by `workshop_lib train` (the python launcher): same command line
+    return cmd == parent and b"workshop_lib" in cmd
+
+
+def test_a_frozen_rank_ends_the_job_with_its_root_cause_and_the_job_resumes(cluster, tmp_path):
+    """Node 1's worker is stopped (SIGSTOP): gloo waits forever, the watchdog does not. The job ends the try
+    within hang_timeout_s + 60 s, names rank 1 on node 1, keeps every rank's stacks, requeues and resumes."""
+    params = {**FAST, "max_steps": 80, "save_steps": 4, "logging_steps": 1, "hang_timeout_s": 15}
+    job, _ = submit(
+        cluster,
+        tmp_path,
+        "--recipe",
+        "recipes/tiny_cpu.yaml",
+        "--nodes",
+        "2",
+        "--name",
+        "frozen",
+        "--launcher",
+        "python",
+        params=params,
+    )
+    run = tmp_path / "frozen"
+
+    def log():
+        return log_of(tmp_path, "frozen", job)
+
+    cluster.wait_for(job, lambda: max(logged_steps(run), default=0) >= 5, 300, "step 5", log)
+    pids = _processes(job, "1", _is_train_worker)
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGSTOP)
+    t_stop = time.time()
+    cluster.wait_for(job, lambda: "ROOT CAUSE" in log(), params["hang_timeout_s"] + 60, "the root cause", log)
+    took = time.time() - t_stop
+    cause = next(x for x in log().splitlines() if "ROOT CAUSE" in x)
+    assert "rank 1 (node 1" in cause and "stopped (SIGSTOP" in cause and "the others wait: rank 0" in cause, (
+        cause
+    )
+    [folder] = (run / "logs" / "failures").glob(f"{job}-try0")
+    assert (
+        "all_reduce" in (folder / "stacks" / "rank0.txt").read_text()
+        or "backward" in (folder / "stacks" / "rank0.txt").read_text()
+    )
+    # the job requeues after the hang and the next try resumes from the last checkpoint and finishes
+    info = cluster.wait(job, timeout=300)
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, log()[-3000:]
+    tries = [json.loads(x) for x in (run / "tries.jsonl").read_text().splitlines()]
+    assert [(t["try"], t["ended"]) for t in tries] == [(0, "hang"), (1, "finished")], tries
+    assert tries[1]["from_step"] > 0 and tries[1]["to_step"] == params["max_steps"], tries
+    print(
+        f"\nSIGSTOP on node 1: the try ended {took:.1f} s later (hang_timeout_s 15), requeued, resumed; {cause}"
+    )
+
+
+def test_a_taken_rendezvous_port_does_not_fail_the_job(cluster, tmp_path):
+    """The port a job would derive from its id is held by another program: the job picks another one."""
+    import socket
+
+    from workshop_lib import launch
+
+    job, _ = submit(
+        cluster,
+        tmp_path,
+        "--recipe",
+        "recipes/tiny_cpu.yaml",
+        "--nodes",
+        "2",
+        "--name",
+        "port",
+        "--launcher",
+        "python",
+        sbatch=["--hold"],
+    )
+    derived = launch.master_port_for_job(job)
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", derived))
+        holder.listen()
+        cluster.run("scontrol", "release", job)
+        info = cluster.wait(job, timeout=300)
+    log = log_of(tmp_path, "port", job)
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    port = int(re.search(r"master n1:(\d+)", log).group(1))
+    assert port != derived, log[:2000]
+    print(f"\nderived port {derived} held by another program: the job chose {port} and completed")
+
+
+def test_an_exception_on_node_0_beats_a_node_that_ended_without_reporting(cluster, tmp_path):
+    """Node 0 cannot bind its rendezvous port (EADDRINUSE, a port given by hand and held); node 1, waiting
+    for it, is then killed by srun without a word: the root cause is node 0's error."""
+    import socket
+
+    from workshop_lib import launch
+
+    port = launch.free_port()
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", port))
+        holder.listen()
+        job, _ = submit(
+            cluster,
+            tmp_path,
+            "--recipe",
+            "recipes/tiny_cpu.yaml",
+            "--nodes",
+            "2",
+            "--name",
+            "inuse",
+            "--launcher",
+            "python",
+            params={**FAST, "master_port": port},
+        )
+        info = cluster.wait(job, timeout=300)
+    log = log_of(tmp_path, "inuse", job)
+    assert info["JobState"] == "FAILED", log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert (
+        "ROOT CAUSE" in last
+        and "node 0" in last
+        and "EADDRINUSE" in last.replace("address already in use", "EADDRINUSE")
+    ), log[-4000:]

@@ -160,6 +160,9 @@ def test_a_stop_request_before_training_is_kept_until_training_acts_on_it(tmp_pa
     result = json.loads((r.run_dir / "result.json").read_text())
     assert result["tries"] == 2
     assert result["total_tokens"] == straight.tokens  # not restarted at 0 by the resume
+    tries = runfolder.tries(r.run_dir)  # numbered on, each with its own tokens and how it ended
+    assert [(t["try"], t["ended"]) for t in tries] == [(0, "preempted"), (1, "finished")], tries
+    assert sum(t["tokens"] for t in tries) == tries[-1]["total_tokens"] == straight.tokens
     assert result["total_runtime_s"] == pytest.approx(first.runtime_s + second.runtime_s)
     logged = [m for m in metrics(r.run_dir) if "loss" in m]
     assert [m["step"] for m in logged] == [2, 4, 6, 8, 10, 12]
@@ -176,9 +179,14 @@ def test_resume_on_another_world_size_keeps_the_global_batch(tmp_path, capsys):
     res = train.fit(make(tmp_path, "grow", resume=True, nproc_per_node=2, **params))
     assert "gradient_accumulation_steps 2 -> 1, so the global batch stays 8" in capsys.readouterr().out
     assert res.global_step == 6 and res.group_size == 2 and res.resumed_from == "checkpoint-3"
+    # recipe.yaml (and so the model card) says what the run trains with now; tries.jsonl what each try used
+    recorded = R.load_recipe(r.run_dir / "recipe.yaml")
+    assert recorded.nproc_per_node == 2 and recorded.trl["gradient_accumulation_steps"] == 1
+    used = [(t["world_size"], t["gradient_accumulation_steps"]) for t in runfolder.tries(r.run_dir)]
+    assert used == [(1, 2), (2, 1)], used
     with pytest.raises(R.RecipeError, match="zero3 checkpoints are sharded per rank"):
         runfolder.prepare(
-            make(tmp_path, "grow", resume=True, nproc_per_node=2, distributed="zero3", **params)
+            make(tmp_path, "grow", resume=True, nproc_per_node=1, distributed="zero3", **params)
         )
 
 
@@ -308,3 +316,49 @@ def test_topology_from_slurm_environment(monkeypatch):
     assert (top.node_rank, top.master_addr, top.master_port, top.world_size) == (1, "nid001002", 32345, 16)
     with pytest.raises(launch.LaunchError, match="outside"):
         launch.topology(nnodes=2, node_rank=2)
+
+
+# ----------------------------------------------------------------------------- failed starts
+@pytest.mark.parametrize(
+    "overrides, env, expect",
+    [
+        ({"template": str(REPO_ROOT / "tests/templates/gemma.jinja")}, {}, "System role not supported"),
+        (
+            {"model": "someorg/not-cached"},
+            {"HF_HUB_OFFLINE": "1"},
+            "not in the local cache and the hub is offline",
+        ),
+    ],
+)
+def test_a_failed_start_says_one_thing_and_leaves_no_run_folder(
+    tmp_path, capsys, monkeypatch, overrides, env, expect
+):
+    import huggingface_hub.constants as hub
+
+    from workshop_lib import cli
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", hub.HF_HUB_OFFLINE)  # restored after: preflight may set it
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    args = ["train", "recipes/tiny_cpu.yaml", "-p", "output_root", str(tmp_path), "-p", "run_name", "bad"]
+    for k, v in overrides.items():
+        args += ["-p", k, v]
+    assert cli.main(args) == 2
+    err = [x for x in capsys.readouterr().err.strip().splitlines() if "%|" not in x]  # progress bars aside
+    assert len(err) == 1 and err[0].startswith("train: ") and expect in err[0], err
+    assert not (tmp_path / "bad").exists()  # nothing to clean up: the same name works once fixed
+
+
+def test_try_numbers_continue_across_jobs_and_every_try_has_one_line(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    (run / "logs" / "failures" / "17-try0").mkdir(parents=True)  # a try that failed before recording
+    (run / "recipe.yaml").write_text("run_name: run\n")
+    assert runfolder.next_try(run) == 1
+    monkeypatch.setenv("WORKSHOP_TRY", "1")
+    assert runfolder.record_ended_try(run, "hang") and not runfolder.record_ended_try(run, "failed")
+    monkeypatch.setenv("WORKSHOP_TRY", "2")
+    assert runfolder.record_ended_try(run, "cancelled")
+    assert [(t["try"], t["ended"]) for t in runfolder.tries(run)] == [(1, "hang"), (2, "cancelled")]
+    assert runfolder.next_try(run) == 3  # a new job (submit --resume) goes on from here
+    assert not runfolder.record_ended_try(tmp_path / "never-started", "failed")  # no folder made
+    assert not (tmp_path / "never-started").exists()

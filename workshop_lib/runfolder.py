@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .control import PREEMPTED_FILE, STOP_FILE, this_node_rank, this_try
+from .control import PREEMPTED_FILE, STOP_FILE, TRY_ENV, this_node_rank, this_try
 from .recipe import Recipe, RecipeError
 
 __all__ = ["PREEMPTED_FILE", "STOP_FILE"]  # the control files' names, as callers import them from here
@@ -64,7 +64,14 @@ def prepare(recipe: Recipe) -> Recipe:
         return recipe
     if not recipe.resume:
         raise RunExists(_exists_message(run_dir))
-    recipe = _same_global_batch(recipe, yaml.safe_load(recorded.read_text()) or {})
+    resized = _same_global_batch(recipe, yaml.safe_load(recorded.read_text()) or {})
+    if resized is not recipe:  # what the run trains with from now on (tries.jsonl keeps each try's)
+        resized.save(recorded)
+        print(
+            f"{recorded}: now says {resized.world_size} process(es), gradient_accumulation_steps "
+            f"{resized.trl['gradient_accumulation_steps']} (each try's are in tries.jsonl)"
+        )
+    recipe = resized
     ckpt = last_checkpoint(run_dir)
     _trim_metrics(run_dir / "metrics.jsonl", checkpoint_step(ckpt) if ckpt else 0)
     # STOP stays: a stop request that arrived before this try read it must still be seen by training
@@ -89,6 +96,16 @@ def _same_global_batch(recipe: Recipe, recorded: dict[str, Any]) -> Recipe:
     old_world = int(recorded.get("nproc_per_node", 1)) * int(recorded.get("nnodes", 1))
     if old_world == recipe.world_size:
         return recipe
+    accum, message = resized_accumulation(recorded, recipe)
+    print(message)
+    return recipe.replace(gradient_accumulation_steps=accum)
+
+
+def resized_accumulation(recorded: dict[str, Any], recipe: Recipe) -> tuple[int, str]:
+    """(gradient accumulation, what changed) that keeps the recorded run's global batch on this recipe's
+    world size; RecipeError when it cannot (sharded checkpoints, or a batch that does not divide).
+    submit --resume asks it before queueing, training again when it resumes."""
+    old_world = int(recorded.get("nproc_per_node", 1)) * int(recorded.get("nnodes", 1))
     sft = recipe.trl
     per_device = int(sft["per_device_train_batch_size"])
     old_accum = int(recorded.get("gradient_accumulation_steps", sft["gradient_accumulation_steps"]))
@@ -106,11 +123,11 @@ def _same_global_batch(recipe: Recipe, recorded: dict[str, Any]) -> Recipe:
             "per_device_train_batch_size so that it divides."
         )
     accum = global_batch // (per_device * recipe.world_size)
-    print(
+    message = (
         f"{where}: gradient_accumulation_steps {old_accum} -> {accum}, so the global batch stays {global_batch} "
         "(the order in which conversations are seen differs from an uninterrupted run)."
     )
-    return recipe.replace(gradient_accumulation_steps=accum)
+    return accum, message
 
 
 def _trim_metrics(path: Path, keep_until: int) -> None:
@@ -141,7 +158,7 @@ def record_try(run_dir: Path, result: Any, gradient_accumulation_steps: int | No
     else:
         ended = "cancelled" if result.stop_reason == "cancel" else "preempted"
     line = {
-        "try": this_try(),
+        "try": _try_number(run_dir),
         "job_id": os.environ.get("SLURM_JOB_ID"),
         "time": time.time(),
         "ended": ended,
@@ -162,7 +179,9 @@ def record_ended_try(run_dir: Path, ended: str, job_id: str | None = None, try_:
     """A try that ended without training recording it (a hang, a failure, a cancel that came before the
     checkpoint): one tries.jsonl line saying how, so that try numbers and accounting stay complete.
     Returns False (and writes nothing) when that try has its line already."""
-    try_ = this_try() if try_ is None else try_
+    if not (Path(run_dir) / "recipe.yaml").exists():
+        return False  # the run never started (its folder was not created): nothing to account for
+    try_ = _try_number(run_dir) if try_ is None else try_
     if any(t.get("try") == try_ for t in tries(run_dir)):
         return False
     _append_try(
@@ -173,9 +192,18 @@ def record_ended_try(run_dir: Path, ended: str, job_id: str | None = None, try_:
     return True
 
 
+def _try_number(run_dir: Path) -> int:
+    """This try's number: the job's (job-env counts across jobs), else the next one of the run."""
+    in_job = TRY_ENV in os.environ or "SLURM_RESTART_COUNT" in os.environ
+    return this_try() if in_job else next_try(run_dir)
+
+
 def _append_try(run_dir: Path, line: dict[str, Any]) -> None:
-    with open(Path(run_dir) / "tries.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
+    """One line per try: a fuller line (training's own) replaces an early one of the same try (the job
+    script records a cancel at once, in case the job is killed before training can)."""
+    path = Path(run_dir) / "tries.jsonl"
+    kept = [t for t in tries(run_dir) if t.get("try") != line["try"]]
+    _write_atomic(path, "".join(json.dumps(t) + "\n" for t in [*kept, line]))
 
 
 def next_try(run_dir: str | Path) -> int:

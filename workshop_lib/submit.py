@@ -33,6 +33,7 @@ import yaml
 from .jobscript import LAUNCHERS, SubmitError, job_notebook, load_profile, render, route
 from .paths import resolve
 from .recipe import RecipeError, load_recipe, read_yaml
+from .runfolder import resized_accumulation
 
 __all__ = [
     "SubmitError",
@@ -181,7 +182,7 @@ def prepare(
         sweep = yaml.safe_load(sp.read_text()) or {}
         recipe_path = recipe_path or sweep.get("recipe")
         run_name = run_name or sweep.get("name") or sp.stem
-    if not recipe_path:
+    if not recipe_path and not (resume and run_name):
         raise SubmitError("no recipe: pass --recipe recipes/<name>.yaml (or give recipe: in the sweep file)")
     if nodes < 1:
         raise SubmitError(f"--nodes must be at least 1, not {nodes}")
@@ -190,7 +191,7 @@ def prepare(
         raise SubmitError(
             f"launcher {launcher!r}: use one of {', '.join(LAUNCHERS)} (--launcher or the profile)"
         )
-    base = read_yaml(recipe_path)  # names the file if it is missing or broken
+    base = read_yaml(recipe_path) if recipe_path else {}  # names the file if it is missing or broken
     job = {**overrides, "nnodes": nodes}
     gpus = int(profile.get("gpus_per_node") or 0)
     if gpus and "nproc_per_node" not in overrides:
@@ -199,23 +200,32 @@ def prepare(
     run_name = run_name or load_recipe({**base, **job}, name=str(recipe_path)).run_name
     out_root = resolve(output_root)
     names = [f"{run_name}-{i}" for i in range(len(tasks))] if sweep else [run_name]
-    recipes, trainers = {}, set()
+    recipes, trainers, notes = {}, set(), []
     for i, task in enumerate(tasks):
+        recorded = out_root / names[i] / "recipe.yaml"
         merged = {**base, **job, **task}
         label = f"{recipe_path} + overrides" + (f" + sweep task {i} {task}" if sweep else "")
-        try:  # unknown keys, types, combinations: before anything is queued
-            trainers.add(load_recipe(merged, name=label).trainer)
+        if resume:  # the run's own recipe, with what this command changes on top
+            merged, label, note = _resumed(recorded, recipe_path, job)
+            notes.append(note)
+        try:  # unknown keys, types, combinations, a resize the run cannot take: before anything is queued
+            loaded = load_recipe(merged, name=label)
+            if resume:
+                notes += _resize_note(yaml.safe_load(recorded.read_text()) or {}, loaded)
+            trainers.add(loaded.trainer)
         except RecipeError as e:
             raise SubmitError(str(e)) from None
-        if (out_root / names[i] / "recipe.yaml").exists() and not resume:
+        if recorded.exists() and not resume:
             raise SubmitError(
                 f"run folder {out_root / names[i]} exists: pass --resume to continue it, or choose "
                 "another --name (a run is never overwritten)."
             )
         recipes[f"task-{i}.yaml" if sweep else "recipe.yaml"] = merged
     notebook = job_notebook(trainers, launcher, str(sweep_path or recipe_path))
-    warnings = check_partition(profile, nodes, sbatch_args or []) + _image_warnings(
-        profile, sbatch_args or []
+    warnings = (
+        notes
+        + check_partition(profile, nodes, sbatch_args or [])
+        + _image_warnings(profile, sbatch_args or [])
     )
     job_dir = out_root / ".jobs" / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     log_dir = out_root / "logs"
@@ -233,6 +243,29 @@ def prepare(
     }
     script = render(profile, fields, len(tasks) if sweep else 0)
     return Job(script, recipes, job_dir, run_name, names, out_root, log_dir, bool(sweep), warnings)
+
+
+def _resumed(recorded: Path, recipe_path: str | None, job: dict) -> tuple[dict, str, str]:
+    """A resume continues the run's own recipe.yaml (not --recipe): (the recipe, its label, what it says)."""
+    if not recorded.exists():
+        raise SubmitError(
+            f"nothing to resume: {recorded.parent} has no recipe.yaml (the run never started); drop --resume"
+        )
+    own = yaml.safe_load(recorded.read_text()) or {}
+    changed = [f"{k} {own.get(k)!r} -> {v!r}" for k, v in job.items() if own.get(k) != v]
+    ignored = f" (--recipe {recipe_path} is not used)" if recipe_path else ""
+    note = f"resume: the run's own {recorded}{ignored}; " + (
+        f"changed: {', '.join(changed)}" if changed else "no override changes it"
+    )
+    return {**own, **job}, f"{recorded} + overrides", note
+
+
+def _resize_note(recorded: dict, recipe) -> list[str]:
+    """On another number of processes: how the global batch is kept, or RecipeError (before queueing)."""
+    old_world = int(recorded.get("nproc_per_node", 1)) * int(recorded.get("nnodes", 1))
+    if old_world == recipe.world_size:
+        return []
+    return [f"resume: {resized_accumulation(recorded, recipe)[1]}"]
 
 
 def _image_warnings(profile: dict, sbatch_args: list[str]) -> list[str]:

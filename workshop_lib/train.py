@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import launch, progress, runfolder, worker
+from . import launch, preflight, progress, runfolder, worker
 from .control import this_node_rank
 from .recipe import Recipe, RecipeError, load_recipe
 from .submit import parse_value
@@ -23,7 +23,10 @@ from .worker import TrainResult
 
 
 def fit(recipe: Recipe, prepared: tuple | None = None, plot: Callable | None = None) -> TrainResult:
-    """Prepare (or resume) the run folder, train on every worker of this node, record the try."""
+    """Check model, tokenizer, template and data (preflight: a failed start leaves no run folder), prepare
+    (or resume) the run folder, train on every worker of this node, record the try."""
+    if prepared is None:
+        prepared = preflight.check(recipe)
     return launch_workers(runfolder.prepare(recipe), prepared, plot)
 
 
@@ -161,7 +164,7 @@ def _main(args) -> int:
     try:
         recipe = load_recipe(args.recipe, overrides={k: parse_value(v) for k, v in args.p})
         result = run(recipe)
-    except RecipeError as e:
+    except RecipeError as e:  # foreseen (preflight, run folder, recipe): the message is the fix
         print(f"train: {e}", file=sys.stderr)
         return 2
     state = "stopped with a checkpoint (resume it)" if result.preempted else "finished"

@@ -95,9 +95,15 @@ def _local_numels(trainer) -> tuple[int, int]:
     return params, numel
 
 
+_TOKENS_AT: dict[str, int] = {}  # checkpoint -> its token count, read before training may rotate it away
+
+
 def resume_checkpoint(recipe: Recipe) -> Path | None:
     """The checkpoint a resumed run continues from (None for a fresh start)."""
-    return last_checkpoint(recipe.run_dir) if recipe.resume else None
+    ckpt = last_checkpoint(recipe.run_dir) if recipe.resume else None
+    if ckpt:
+        _TOKENS_AT[str(ckpt)] = _tokens_at(ckpt)
+    return ckpt
 
 
 def finish(trainer, recipe: Recipe, output, ckpt: Path | None) -> TrainResult:
@@ -152,9 +158,12 @@ def finish(trainer, recipe: Recipe, output, ckpt: Path | None) -> TrainResult:
 
 
 def _tokens_at(ckpt: Path | None) -> int:
-    """The token count a checkpoint saved (0 for a fresh start)."""
+    """The token count a checkpoint saved (0 for a fresh start); save_total_limit may have removed the
+    checkpoint by the end of the try, so resume_checkpoint noted it at the start."""
     if not ckpt:
         return 0
+    if str(ckpt) in _TOKENS_AT:
+        return _TOKENS_AT[str(ckpt)]
     state = json.loads((ckpt / "trainer_state.json").read_text())
     return int(state.get("num_input_tokens_seen") or 0)
 
