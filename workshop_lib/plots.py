@@ -328,7 +328,8 @@ def write_report(
     fig = plot_runs(runs, x=x, smoothing=smoothing)
     written = save_figure(fig, target / "loss_curves")
     table, params = summary_table(runs), params_table(runs)
-    both = params.merge(table, on="run")
+    shared = [c for c in params.columns if c != "run" and c in table.columns]  # trainer: the table has it
+    both = params.drop(columns=shared).merge(table, on="run")
     both.to_csv(target / "summary.csv", index=False)
     try:
         markdown = both.to_markdown(index=False)
