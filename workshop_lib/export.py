@@ -10,16 +10,16 @@ import os
 import shutil
 from pathlib import Path
 
+from .runs import RunError, read_params
+
 
 def run_recipe(run_dir: str | Path) -> dict:
-    import yaml
-
-    path = Path(run_dir) / "recipe.yaml"
-    if not path.exists():
-        raise FileNotFoundError(
+    """A run's recipe.yaml as written at its start; RunError (one line in a notebook) when it has none."""
+    if not (Path(run_dir) / "recipe.yaml").exists():
+        raise RunError(
             f"{run_dir}: not a run folder (no recipe.yaml). Give runs/<name>, written by notebook 03."
         )
-    return yaml.safe_load(path.read_text()) or {}
+    return read_params(run_dir)
 
 
 def is_adapter(model_dir: str | Path) -> bool:
@@ -32,7 +32,7 @@ def load_finetuned(run_dir: str | Path):
 
     final = Path(run_dir) / "final"
     if not final.exists():
-        raise FileNotFoundError(
+        raise RunError(
             f"{final}: the run has no final model yet (still training, or stopped early); "
             f"its checkpoints are in {Path(run_dir)}/checkpoint-*"
         )
