@@ -108,3 +108,15 @@ def test_06_run_all_twice_starts_from_the_newest_sft_run(short_sft_run):
         assert len(dpo) == 2 and all((r / "final").is_dir() for r in dpo)
         assert all(recipe_of(r)["model"] == str(short_sft_run / "final") for r in dpo)
         assert str(short_sft_run.name) in k.text()  # it says which run it starts from
+
+
+def test_06_without_a_finished_sft_run_says_what_to_do(tmp_path):
+    (tmp_path / "half").mkdir()  # a run folder that never finished
+    (tmp_path / "half" / "recipe.yaml").write_text("trainer: sft\n")
+    with Kernel("06_preference_tuning.ipynb") as k:
+        k.set(output_root=str(tmp_path))
+        error = k.run()
+        assert error is not None and "RunError" in k.error_outputs()[0]
+        shown = k.error_outputs()[0]
+        assert "no finished sft run" in shown and "half" in shown and "notebooks/03_train.ipynb" in shown
+        assert [p.name for p in tmp_path.iterdir()] == ["half"]  # nothing written
