@@ -165,8 +165,7 @@ FAMILIES = [
         added=["<tool_call>", "</tool_call>"],
         default_system=True,
         eot="<|im_end|>",
-        fix="trl",
-        trained_after_eot="\n",
+        fix="kit",  # TRL's qwen2_5_training.jinja trains the header '<|im_start|>assistant\n' (prompt tokens)
     ),
     Family(
         "qwen3",

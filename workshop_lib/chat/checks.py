@@ -57,7 +57,8 @@ class Check:
 class CheckReport:
     checks: list[Check] = field(default_factory=list)
     constraints: list[str] = field(default_factory=list)  # what the template accepts, found by probing
-    end_of_turn: str | None = None  # the token that closes an answer
+    end_of_turn: str | None = None  # the token that closes an answer (the first answer's)
+    end_tokens: list[str] = field(default_factory=list)  # every end token seen (gpt-oss: <|end|>, <|return|>)
     sample: list[dict] | None = None  # the conversation the checks ran on
     notes: list[str] = field(default_factory=list)  # what prepare_tokenizer/fix_template did
 
@@ -264,6 +265,17 @@ def check_generation_prompt(c: _Ctx) -> Check:
     )
 
 
+def written_before_answer(tokenizer, text: str, sample: list[dict]) -> str:
+    """What the model itself writes after the inference prompt and before its answer ('' if nothing):
+    gpt-oss's `<|channel|>final<|message|>`. The fix puts it inside the markers so that it is trained."""
+    prompt = try_render(tokenizer, text, sample[:-1], True)
+    full = try_render(tokenizer, text, sample)
+    if not (isinstance(prompt, str) and isinstance(full, str) and full.startswith(prompt)):
+        return ""
+    rest, answer = full[len(prompt) :], sample[-1]["content"].strip()
+    return rest[: rest.find(answer)].rstrip() if answer and answer in rest else ""
+
+
 def _trained_chars(c: _Ctx, start: int, end: int) -> bool:
     """True if every token overlapping full[start:end] is inside the assistant mask."""
     enc = c.tokenizer(c.full, add_special_tokens=False, return_offsets_mapping=True)
@@ -329,55 +341,101 @@ def check_mask(c: _Ctx) -> Check | None:
         return Check(
             "assistant mask", "fail", f"answers outside the mask: {missing}; prompt text inside: {leaked}"
         )
+    header = trained_header(c)
+    if header:
+        return Check(
+            "assistant mask",
+            "fail",
+            f"the generation markers cover the turn header {header!r}, which the inference prompt "
+            "(add_generation_prompt=True) already holds: the model would be trained on prompt tokens. The markers "
+            "must cover the answer and its end-of-turn token only (fix_template() narrows them).",
+        )
     return Check(
         "assistant mask", "pass", f"{sum(c.mask)} of {len(c.mask)} tokens trained, covering every answer"
     )
 
 
-def end_of_turn_after_answer(c: _Ctx) -> tuple[int | None, int | None]:
-    """(token index, id) of the special token right after the first answer in the rendering, if any."""
-    answer = next(m["content"].strip() for m in c.sample if m["role"] == "assistant")
-    end = c.full.find(answer) + len(answer)
+def trained_header(c: _Ctx) -> str | None:
+    """Text of a turn header that the mask trains: tokens lying wholly between the end of the conversation
+    before an answer and the end of the inference prompt for it (what add_generation_prompt writes)."""
+    enc = c.tokenizer(c.full, add_special_tokens=False, return_offsets_mapping=True)
+    if enc["input_ids"] != c.ids:
+        return None
+    for k, m in enumerate(c.sample):
+        if m["role"] != "assistant" or k == 0:
+            continue
+        before = try_render(c.tokenizer, c.text, c.sample[:k])
+        prompt = try_render(c.tokenizer, c.text, c.sample[:k], True)
+        if not (isinstance(before, str) and isinstance(prompt, str)):
+            continue
+        if not (prompt.startswith(before) and c.full.startswith(prompt)):
+            continue
+        lo, hi = len(before), len(prompt)
+        hits = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a >= lo and b <= hi and b > a]
+        if any(c.mask[i] for i in hits):
+            return prompt[lo:hi]
+    return None
+
+
+def end_of_turn_tokens(c: _Ctx) -> list[tuple[int | None, int | None]]:
+    """(token index, id) of the special token right after each answer in the rendering ((None, None) where
+    none follows). Answers may end with different tokens (gpt-oss: <|end|> mid-conversation, <|return|> last)."""
     enc = c.tokenizer(c.full, add_special_tokens=False, return_offsets_mapping=True)
     specials = set(c.tokenizer.all_special_ids) | set(c.tokenizer.get_added_vocab().values())
-    for i, (tid, (a, b)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
-        if a >= end and c.full[a:b].strip():
-            return (i, tid) if tid in specials else (None, None)
-    return None, None
+    out, cursor = [], 0
+    for m in c.sample:
+        if m["role"] != "assistant":
+            continue
+        answer = (m.get("content") or "").strip()
+        at = c.full.find(answer, cursor)
+        if at < 0:
+            out.append((None, None))
+            continue
+        cursor = end = at + len(answer)
+        found = (None, None)
+        for i, (tid, (a, b)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], strict=True)):
+            if a >= end and c.full[a:b].strip():
+                found = (i, tid) if tid in specials else (None, None)
+                break
+        out.append(found)
+    return out
 
 
 def check_end_of_turn(c: _Ctx, report: CheckReport) -> Check:
     """Which token closes an answer, and whether it is trained (without it the model never learns to stop)."""
     tok = c.tokenizer
-    at, tid = end_of_turn_after_answer(c)
-    if tid is None:
+    ends = end_of_turn_tokens(c)
+    if not ends or ends[0][1] is None:
         return Check(
             "end of turn trained",
             "warn",
             "no special end-of-turn token closes the answers: generation can only stop at max_new_tokens or on a "
             "stop string",
         )
-    name = tok.convert_ids_to_tokens(tid)
-    report.end_of_turn = name
+    names = [tok.convert_ids_to_tokens(tid) if tid is not None else None for _, tid in ends]
+    report.end_of_turn = names[0]
+    report.end_tokens = list(dict.fromkeys(n for n in names if n))
+    which = repr(names[0]) if len(report.end_tokens) == 1 else f"{names[0]!r} (the last answer {names[-1]!r})"
     if c.mask is None:
         return Check(
             "end of turn trained",
             "fail",
-            f"{name!r} closes each answer but is not trained: there are no generation markers",
+            f"{which} closes each answer but is not trained: there are no generation markers",
         )
-    # the same check on the tokens apply_chat_template gives (the offsets above come from one tokenizer call)
-    ids, mask = c.ids, c.mask
-    inside = [i for i in range(len(ids)) if ids[i] == tid and mask[i]]
-    outside = [i for i in range(len(ids)) if ids[i] == tid and not mask[i]]
-    n_answers = sum(m["role"] == "assistant" for m in c.sample)
-    if len(inside) >= n_answers:
-        return Check("end of turn trained", "pass", f"each answer ends with {name!r}, inside the mask")
-    where = "outside the generation block" if outside else "missing after some answers"
+    # each answer's own end token, on the tokens apply_chat_template gives (the offsets come from one call)
+    enc_ids = tok(c.full, add_special_tokens=False)["input_ids"]
+    untrained = [
+        n or "nothing special"
+        for (at, _), n in zip(ends, names, strict=True)
+        if at is None or enc_ids != c.ids or not c.mask[at]
+    ]
+    if not untrained:
+        return Check("end of turn trained", "pass", f"each answer ends with {which}, inside the mask")
     return Check(
         "end of turn trained",
         "fail",
-        f"{name!r} follows each answer {where}: it is never trained, so the model never learns to stop. Move "
-        "{% endgeneration %} after it (fix_template() does).",
+        f"{untrained[0]!r} follows an answer outside the generation block (or no end token does): it is never "
+        "trained, so the model never learns to stop. Move {% endgeneration %} after it (fix_template() does).",
     )
 
 

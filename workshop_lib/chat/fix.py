@@ -11,8 +11,14 @@ from __future__ import annotations
 
 import re
 
-from .checks import TOOL_CALL, CheckReport, check_template, conversation_set, probe
-from .rewrite import add_generation_markers, answer_lines, position_dependent_lines, strip_generation_markers
+from .checks import TOOL_CALL, CheckReport, check_template, conversation_set, probe, written_before_answer
+from .rewrite import (
+    add_generation_markers,
+    answer_lines,
+    narrow_generation_markers,
+    position_dependent_lines,
+    strip_generation_markers,
+)
 from .templates import GENERATION_RE, SAMPLE, TemplateError, apply_template, template_of, try_render
 
 # Checks a marker fix cannot repair: the template itself must change (by hand), or the data.
@@ -180,8 +186,17 @@ def fix_template(
             t for t in tokenizer.all_special_tokens if t not in (tokenizer.pad_token, tokenizer.bos_token)
         ]
         specials += [t for t in tokenizer.get_added_vocab() if t not in specials and t != tokenizer.pad_token]
+        lead = written_before_answer(tokenizer, text, report.sample) if report.sample else ""
+        eots = specials + EOT_LITERALS
+        if GENERATION_RE.search(text) and (narrowed := narrow_generation_markers(text, eots, lead)):
+            candidates.append(
+                (
+                    narrowed,
+                    "narrowed the template's own {% generation %} markers to each answer and its end-of-turn token",
+                )
+            )
         base = strip_generation_markers(text) if GENERATION_RE.search(text) else text
-        kit = add_generation_markers(base, specials + EOT_LITERALS)
+        kit = add_generation_markers(base, eots, lead=lead) or add_generation_markers(base, eots)
         if kit is not None:
             candidates.append(
                 (kit, "wrapped each assistant answer and its end-of-turn token in {% generation %} markers")

@@ -9,7 +9,12 @@ from __future__ import annotations
 import re
 
 _EXPR_RE = re.compile(r"\{\{(-?)(.*?)(-?)\}\}", re.S)
-_CONTENT_RE = re.compile(r"^\s*(\w+)(?:\[\s*['\"]content['\"]\s*\]|\.content)(\s*\|\s*\w+(?:\(\))?)*\s*$")
+# `message.content`, `message['content']` or a bare `content` variable, with filters (`| trim`) or string
+# methods (`.lstrip("\n")`) after it: the rewrite labels what the template writes, transformed or not
+_CONTENT_RE = re.compile(
+    r"^\s*(?:(\w+)(?:\[\s*['\"]content['\"]\s*\]|\.content)|content)"
+    r"(?:\s*\|\s*\w+(?:\(\))?|\.\w+\((?:'[^']*'|\"[^\"]*\")?\))*\s*$"
+)
 
 
 def _split_plus(expr: str) -> list[str]:
@@ -47,12 +52,18 @@ def _closes_turn(term: str, specials: list[str]) -> int | None:
     return None
 
 
-def add_generation_markers(text: str, specials: list[str]) -> str | None:
+def add_generation_markers(
+    text: str, specials: list[str], assistant_only: bool = False, lead: str = ""
+) -> str | None:
     """Wrap the assistant content of `{{ prefix + message.content + end_of_turn + rest }}` expressions.
 
     Each such expression becomes: if the message is the assistant's, the same output with the content
     and its end-of-turn token inside {% generation %}; otherwise the original expression. The
-    rendering is unchanged for every role; only the mask is added.
+    rendering is unchanged for every role; only the mask is added. `assistant_only`: the text is a part
+    of the template that only assistant turns reach (the inside of a generation block), so no role test.
+    `lead`: text the model writes itself after the inference prompt, before its answer (gpt-oss's
+    `<|channel|>final<|message|>`): where a literal before the content ends with it, it goes inside the
+    markers too, so it is trained.
     """
     changed = False
 
@@ -64,6 +75,8 @@ def add_generation_markers(text: str, specials: list[str]) -> str | None:
         if at is None:
             return m.group(0)
         var = _CONTENT_RE.match(terms[at]).group(1)
+        if var is None and not assistant_only:
+            return m.group(0)  # a bare `content` variable: which message it is cannot be told here
         close = next(
             ((i, cut) for i, t in enumerate(terms[at + 1 :], at + 1) if (cut := _closes_turn(t, specials))),
             None,
@@ -83,7 +96,18 @@ def add_generation_markers(text: str, specials: list[str]) -> str | None:
             head, tail = term, ""
         inside = "+".join([*terms[at:i], head])
         after = "+".join(x for x in [tail, *terms[i + 1 :]] if x.strip())
-        before = "+".join(terms[:at])
+        front = list(terms[:at])
+        if lead and front and (lit := front[-1].strip())[:1] in "'\"" and lit[1:-1].endswith(lead):
+            q = lit[0]
+            front[-1] = f"{q}{lit[1 : -1 - len(lead)]}{q}"
+            inside = f"{q}{lead}{q}+{inside}"
+        before = "+".join(front)
+        wrapped = f"{{% generation %}}{{{{{left}{inside}{right}}}}}{{% endgeneration %}}"
+        if assistant_only:
+            out = f"{{{{{left}{before}{right}}}}}" if before.strip() else ""
+            out += wrapped + (f"{{{{{left}{after}{right}}}}}" if after.strip() else "")
+            changed = True
+            return out
         # keep the original's whitespace control: '-' strips around it, '+' keeps what trim/lstrip_blocks would eat
         out = f"{{%{left or '+'} if {var}['role'] == 'assistant' %}}"
         if before.strip():
@@ -124,6 +148,30 @@ def _join_content_and_end(text: str, specials: list[str]) -> str:
 
 
 _MARKER_TAGS_RE = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
+_BLOCK_RE = re.compile(r"\{%(-?)\s*generation\s*(-?)%\}(.*?)\{%(-?)\s*endgeneration\s*(-?)%\}", re.S)
+
+
+def narrow_generation_markers(text: str, specials: list[str], lead: str = "") -> str | None:
+    """A template's own {% generation %} blocks narrowed to the answer and its end-of-turn token.
+
+    Some published templates (SmolLM3) wrap the whole assistant turn, role header included, so the
+    header, which the inference prompt already holds, would be trained. Inside each block, every
+    `{{ header + content + end_of_turn + rest }}` gets its own markers around `content + end_of_turn`;
+    the block's tags become `{% if true %}`/`{% endif %}` with the same whitespace control, so the
+    rendering is unchanged. None if some block has no such expression.
+    """
+
+    def narrow(m: re.Match) -> str:
+        l1, r1, body, l2, r2 = m.groups()
+        inner = add_generation_markers(body, specials, assistant_only=True, lead=lead)
+        if inner is None:
+            raise ValueError
+        return f"{{%{l1} if true {r1}%}}{inner}{{%{l2} endif {r2}%}}"
+
+    try:
+        return _BLOCK_RE.sub(narrow, text) if _BLOCK_RE.search(text) else None
+    except ValueError:
+        return None
 
 
 def strip_generation_markers(text: str) -> str:
