@@ -50,9 +50,11 @@ class Family:
         "keeps"  # what it does with a tool-calling conversation: keeps | rejects | drops (the results)
     )
     eot: str = ""  # the token that closes an answer
-    fix: str = "kit"  # trl | kit | refuse
+    fix: str = "kit"  # trl | kit | narrow (its own markers narrowed) | answer (one sample per answer) | refuse
     trained_after_eot: str = ""  # whitespace the fixed template trains after the end-of-turn token
     trained_at_end: str = ""  # what it trains after the last answer (Phi-3 closes a conversation with eos)
+    written_first: str = ""  # what the model writes (trained) after the inference prompt, before its answer
+    end_last: str = ""  # the end token of the last answer when it differs (gpt-oss: <|return|>)
 
 
 FAMILIES = [
@@ -176,8 +178,8 @@ FAMILIES = [
         specials=QWEN,
         added=["<think>", "</think>", "<tool_call>", "</tool_call>"],
         eot="<|im_end|>",
-        fix="refuse",
-        trained_after_eot="\n",
+        fix="answer",  # not prefix-stable: one sample per answer
+        written_first="<think>\n\n</think>\n\n",
     ),
     Family(
         "phi3",
@@ -371,8 +373,14 @@ def test_family_template_checked_and_fixed(fam, tiny_model_dir):
         else:  # Qwen3: earlier answers lose their <think> block; the message names the lines and TRL's template
             assert "prefix-stable" in refused and "last_query_index" in refused and "What to do" in refused
     else:
-        how = "TRL's training template" if fam.fix == "trl" else "wrapped each assistant answer"
+        how = {
+            "trl": "TRL's training template",
+            "kit": "wrapped each assistant answer",
+            "narrow": "narrowed the template's own {% generation %} markers",
+            "answer": "each answer is trained in its own sample",
+        }[fam.fix]
         assert any(how in n for n in report.notes), str(report)
+        assert chat.per_answer(tok.chat_template) == (fam.fix == "answer")
         assert tok.chat_template != original
         for conv, gen, text in _accepted(original, tok):  # identical wherever the original accepts
             assert chat.render(conv, tok, add_generation_prompt=gen) == text, [m["role"] for m in conv]
@@ -387,15 +395,16 @@ def test_family_template_checked_and_fixed(fam, tiny_model_dir):
     convs = [chat.merge_system_prompt(c) if merge else c for c, gen, _ in accepted if not gen]
     convs = [c for c in convs if c[-1]["role"] == "assistant"]
     assert len(convs) >= 4
-    enc = chat.encode(convs, tok)
-    for conv, ids, labels in zip(convs, enc["input_ids"], enc["labels"], strict=True):
-        runs = _trained_runs(tok, ids, labels)
+    for conv in convs:
+        enc = chat.encode([conv], tok)  # one row, or one per answer (each answer's trained run in its row)
+        runs = [r for x, y in zip(enc["input_ids"], enc["labels"], strict=True) for r in _trained_runs(tok, x, y)]
         answers = [m["content"].strip() for m in conv if m["role"] == "assistant"]
-        if (
-            fam.name == "qwen3"
-        ):  # TRL's Qwen3 template trains the (empty) thinking block the model writes first
-            runs = [r.replace("<think>\n\n</think>\n\n", "") for r in runs]
+        assert len(enc["input_ids"]) == (len(answers) if fam.fix == "answer" else 1)
+        # what the model writes before its answer, trained: Qwen3's (empty) thinking block, gpt-oss's channel
+        runs = [r.replace(fam.written_first, "", 1) if fam.written_first else r for r in runs]
         expected = [a + eot + fam.trained_after_eot for a in answers]
+        if fam.end_last:
+            expected[-1] = answers[-1] + fam.end_last
         expected[-1] += fam.trained_at_end
         assert [r.lstrip() for r in runs] == expected, runs
 

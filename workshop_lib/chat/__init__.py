@@ -2,7 +2,8 @@
 
 One concern per module: `templates` (bundled templates, load, render), `encode` (labels exactly as
 training computes them, system-prompt merging, batching), `view` (token by token), `checks` (each
-check a small function), `rewrite` + `fix` (pad token, making a model's template training-ready),
+check a small function), `rewrite` + `fix` (pad token, making a model's template training-ready), `samples` (one sample per
+answer, for templates that render earlier turns differently),
 `lengths` (what a max length would cut). Everything public is re-exported here: `chat.X`.
 """
 
@@ -18,15 +19,18 @@ from .encode import (
 )
 from .fix import ensure_pad_token, fix_template, prepare_tokenizer, same_rendering
 from .lengths import LengthReport, length_report
+from .samples import REASONING_KEYS, encode_per_answer, has_reasoning
 from .templates import (
     GENERATION_RE,
     IGNORE,
+    PER_ANSWER,
     SAMPLE,
     TEMPLATE_TOKENS,
     TEMPLATES_DIR,
     TemplateError,
     apply_template,
     load_template,
+    per_answer,
     render,
 )
 from .view import TokenView, token_view
@@ -34,6 +38,8 @@ from .view import TokenView, token_view
 __all__ = [
     "GENERATION_RE",
     "IGNORE",
+    "PER_ANSWER",
+    "REASONING_KEYS",
     "NON_ASCII",
     "SAMPLE",
     "SYSTEM_PROMPT_MODES",
@@ -50,13 +56,16 @@ __all__ = [
     "collate",
     "conversation_set",
     "encode",
+    "encode_per_answer",
     "encode_with_masks",
     "end_of_turn_token",
     "ensure_pad_token",
     "fix_template",
+    "has_reasoning",
     "length_report",
     "load_template",
     "merge_system_prompt",
+    "per_answer",
     "prepare_tokenizer",
     "probe",
     "render",

@@ -10,8 +10,17 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
+from . import samples
 from .encode import merge_system_prompt
-from .templates import GENERATION_RE, SAMPLE, TemplateError, render_failure, template_of, try_render
+from .templates import (
+    GENERATION_RE,
+    SAMPLE,
+    TemplateError,
+    per_answer,
+    render_failure,
+    template_of,
+    try_render,
+)
 
 # Non-ASCII text (Finnish, Cyrillic, an emoji) for the renderings a fix must keep identical.
 NON_ASCII = [
@@ -473,6 +482,8 @@ def check_template(tokenizer, template: str | None = None, sample: list[dict] | 
     )
     c = _Ctx(tokenizer, text, sample, full, markers, enc["input_ids"], enc.get("assistant_masks"))
     roles = "/".join(m["role"] for m in sample)
+    if per_answer(text):
+        return _check_per_answer(c, report, roles)
     for check in (
         check_markers(c),
         Check("renders a sample", "pass", f"checked on a {len(sample)}-message sample ({roles})"),
@@ -486,4 +497,54 @@ def check_template(tokenizer, template: str | None = None, sample: list[dict] | 
     ):
         if check is not None:
             add(check)
+    return report
+
+
+def _check_per_answer(c: _Ctx, report: CheckReport, roles: str) -> CheckReport:
+    """The checks for a template trained one sample per answer (samples.py): no markers needed; each
+    sample trains its answer and end-of-turn token after the inference prompt, and nothing else."""
+    problems, ends, summary = samples.verify(c.tokenizer, c.text, c.sample)
+    stable = check_prefix_stable(c)
+    report.end_tokens = ends
+    report.end_of_turn = ends[0] if ends else None
+    add = report.checks.append
+    add(
+        Check(
+            "generation markers",
+            "pass",
+            "not needed: each answer's labels start where the inference prompt ends",
+        )
+    )
+    add(Check("renders a sample", "pass", f"checked on a {len(c.sample)}-message sample ({roles})"))
+    add(check_content_kept(c))
+    if stable.status == "fail":
+        stable = Check(
+            stable.name,
+            "warn",
+            stable.detail.split(": earlier answers")[0] + ": so each answer is trained in its own sample, "
+            f"rendered as inference renders that turn ({summary} for this conversation)",
+        )
+    add(stable)
+    prompt = check_generation_prompt(c)
+    if prompt.status == "warn":  # the labels start where the inference prompt ends: what follows is trained
+        prompt = Check(prompt.name, "pass", prompt.detail.split(": it learns")[0] + ", and it is trained to")
+    for check in (prompt, check_single_bos(c), check_pad(c)):
+        add(check)
+    if problems:
+        add(Check("assistant mask", "fail", "; ".join(problems)))
+    else:
+        add(
+            Check(
+                "assistant mask",
+                "pass",
+                f"each sample trains its answer and nothing of the prompt ({summary})",
+            )
+        )
+        add(
+            Check(
+                "end of turn trained",
+                "pass",
+                f"each sample ends with {' or '.join(map(repr, ends))}, trained",
+            )
+        )
     return report

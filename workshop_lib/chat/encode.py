@@ -7,7 +7,8 @@ participant sees in notebook 02 is what the loss is computed on. Templates that 
 
 from __future__ import annotations
 
-from .templates import GENERATION_RE, IGNORE, SAMPLE, TemplateError, render_failure, template_of
+from .samples import encode_per_answer, has_reasoning, refuse_dropped_content
+from .templates import GENERATION_RE, IGNORE, SAMPLE, TemplateError, per_answer, render_failure, template_of
 
 SYSTEM_PROMPT_MODES = ("keep", "merge")
 
@@ -59,6 +60,20 @@ def encode(
     content missing from the rendering) is refused: the model would be trained on something else.
     """
     text = template_of(tokenizer, template)
+    if assistant_only and per_answer(text):
+        ids, labels, _ = encode_per_answer(batch, tokenizer, text)
+        return {"input_ids": ids, "labels": labels}
+    split = [i for i, conv in enumerate(batch) if has_reasoning(conv)]
+    if assistant_only and split:
+        # reasoning is rendered as each template renders it at inference (most keep only the last turn's):
+        # those conversations are trained one sample per answer, the others as usual, in their order
+        ids, labels, where = encode_per_answer([batch[i] for i in split], tokenizer, text)
+        rest = [i for i in range(len(batch)) if i not in split]
+        whole = encode([batch[i] for i in rest], tokenizer, text) if rest else {"input_ids": [], "labels": []}
+        rows = [(split[w], x, y) for w, x, y in zip(where, ids, labels, strict=True)]
+        rows += [(i, x, y) for i, x, y in zip(rest, whole["input_ids"], whole["labels"], strict=True)]
+        rows.sort(key=lambda r: r[0])
+        return {"input_ids": [r[1] for r in rows], "labels": [r[2] for r in rows]}
     if not assistant_only:
         try:
             ids = tokenizer.apply_chat_template(batch, chat_template=text, tokenize=True, return_dict=True)[
@@ -83,7 +98,7 @@ def encode(
                 raise TemplateError(render_failure(e_one, conv, i)) from e_one
         raise TemplateError(render_failure(e, batch)) from e
     if rendered is not None:
-        _refuse_dropped_content(batch, rendered)
+        refuse_dropped_content(batch, rendered)
     labels = [
         [t if m else IGNORE for t, m in zip(x, k, strict=True)] for x, k in zip(ids, masks, strict=True)
     ]
@@ -94,23 +109,6 @@ def encode(
                 "or the template's {% generation %} block is empty. Check it with chat.check_template(tokenizer)."
             )
     return {"input_ids": ids, "labels": labels}
-
-
-def _refuse_dropped_content(batch: list[list[dict]], rendered: list[str]) -> None:
-    for i, (conv, out) in enumerate(zip(batch, rendered, strict=True)):
-        for j, m in enumerate(conv):
-            content = m.get("content")
-            if isinstance(content, str) and content.strip() and content.strip() not in out:
-                hint = (
-                    "this template drops system prompts here: tokenize with system_prompt='merge' (recipe key "
-                    "system_prompt: merge) to merge them into the first user turn"
-                    if m.get("role") == "system"
-                    else "the template does not render this message: remove it or use a template that does"
-                )
-                raise TemplateError(
-                    f"conversation {i}: the chat template leaves out the content of message {j} "
-                    f"(role {m.get('role')!r}, {content[:40]!r}): {hint}"
-                )
 
 
 def encode_with_masks(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from . import samples
 from .checks import TOOL_CALL, CheckReport, check_template, conversation_set, probe, written_before_answer
 from .rewrite import (
     add_generation_markers,
@@ -19,7 +20,16 @@ from .rewrite import (
     position_dependent_lines,
     strip_generation_markers,
 )
-from .templates import GENERATION_RE, SAMPLE, TemplateError, apply_template, template_of, try_render
+from .templates import (
+    GENERATION_RE,
+    PER_ANSWER,
+    SAMPLE,
+    TemplateError,
+    apply_template,
+    per_answer,
+    template_of,
+    try_render,
+)
 
 # Checks a marker fix cannot repair: the template itself must change (by hand), or the data.
 BLOCKING = (
@@ -165,14 +175,16 @@ def fix_template(
     notes = [ensure_pad_token(tokenizer, text)]
     report = check_template(tokenizer, text, sample)
     blocking = [n for n in report.failed() if n in BLOCKING]
+    if blocking == ["prefix-stable rendering"] and not per_answer(text):
+        return _per_answer(tokenizer, text, report, sample, notes)
     if blocking:
         why = "it fails " + ", ".join(blocking)
         trl_file = _trl_file(_trl_candidate(tokenizer, text))
         if trl_file:
             why += (
-                f". TRL has a training template for this family, {trl_file}, but it renders conversations "
+                f". TRL has a training template for this family ({trl_file}), but it renders conversations "
                 "differently from the model's own (so the kit does not pick it silently): to train with it, set "
-                f"template: {trl_file}"
+                "template: trl"
             )
         raise _refusal(text, report, why)
     if set(report.failed()) & set(MARKER_CHECKS):
@@ -229,14 +241,59 @@ def fix_template(
     return text, notes
 
 
+def _per_answer(tokenizer, text: str, report: CheckReport, sample, notes: list[str]) -> tuple[str, list[str]]:
+    """Train each answer in its own sample (samples.py), if every check passes that way; else refuse."""
+    candidate = PER_ANSWER + text
+    after = check_template(tokenizer, candidate, sample)
+    if not after.ok:
+        raise _refusal(text, after, "it is not prefix-stable and one sample per answer fails too")
+    n, tokens, whole = samples.cost([report.sample], tokenizer, candidate)
+    where = position_dependent_lines(text)
+    trl = _trl_file(_trl_candidate(tokenizer, text))
+    notes.append(
+        "not prefix-stable (earlier turns render differently"
+        + (f": {where[0]}" if where else "")
+        + "): each answer is trained in its own sample, rendered exactly as inference renders that turn (the "
+        "conversation up to that answer; labels on the answer and its end-of-turn token; earlier answers are "
+        f"context only). Token cost on the checked conversation: {n} samples, {tokens} tokens instead of {whole} "
+        f"({tokens / max(whole, 1):.2f}x)"
+        + (
+            f". For one sample per conversation with TRL's training template ({trl}) instead: template: trl"
+            if trl
+            else ""
+        )
+    )
+    tokenizer.chat_template = candidate
+    return candidate, notes
+
+
+def _trl_template(tokenizer) -> list[str]:
+    """`template: trl`: TRL's training template for the model's own template, or a clear refusal."""
+    text = template_of(tokenizer)
+    trl = _trl_candidate(tokenizer, text)
+    if trl is None:
+        raise TemplateError(
+            "template: trl asks for TRL's training template for this model's chat template, but TRL has none for "
+            "it (TRL recognises a family by the exact text of its published template). Leave template unset: the "
+            "kit makes the model's own template training-ready or says why it cannot."
+        )
+    tokenizer.chat_template = trl
+    return [
+        f"template: trl: TRL's training template for this family ({_trl_file(trl) or 'trl'}), one sample per conversation"
+    ]
+
+
 def prepare_tokenizer(tokenizer, template: str | None = None) -> CheckReport:
     """Get a tokenizer ready for training; return the report of what was found and done.
 
     `template` (a bundled name, a .jinja path or template text) replaces the model's template when given;
-    otherwise the model's own is used. Sets a distinct pad token, checks the template, and makes it
+    "trl" takes TRL's training template for the model's family; otherwise the model's own is used. Sets a distinct pad token, checks the template, and makes it
     training-ready where safe (see fix_template). Raises TemplateError when it cannot.
     """
-    notes = apply_template(tokenizer, template) if template is not None else []
+    if template == "trl":
+        notes = _trl_template(tokenizer)
+    else:
+        notes = apply_template(tokenizer, template) if template is not None else []
     text = template_of(tokenizer)
     before = check_template(tokenizer, text)
     if before.failed():

@@ -31,6 +31,16 @@ SAMPLE = [
 ]
 
 
+# Written by fix_template in front of a template that is not prefix-stable: encode() then trains each answer
+# in its own sample, rendered as inference renders that turn. A Jinja comment: the rendering is unchanged.
+PER_ANSWER = "{# workshop_lib: one training sample per answer (earlier turns render differently) #}"
+
+
+def per_answer(text: str) -> bool:
+    """True if the template is trained one sample per answer (see PER_ANSWER)."""
+    return isinstance(text, str) and text.startswith(PER_ANSWER)
+
+
 class TemplateError(ValueError):
     """A chat template is missing, raises, or cannot be used for training; the message says how to fix it."""
 

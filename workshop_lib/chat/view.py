@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .encode import collate, encode
 from .templates import IGNORE
@@ -16,11 +16,21 @@ class TokenView:
     tokens: list[str]
     ids: list[int]
     trained: list[bool]
+    starts: list[int] = field(
+        default_factory=lambda: [0]
+    )  # where each training sample begins (one per answer
+    # for templates that are not prefix-stable; one for the whole conversation otherwise)
 
     def text(self, width: int = 100) -> str:
         """Terminal/log view: trained tokens inside ⟦ ⟧, plus counts."""
         out, line = [], ""
-        for tok, on in zip(self.tokens, self.trained, strict=True):
+        for i, (tok, on) in enumerate(zip(self.tokens, self.trained, strict=True)):
+            if len(self.starts) > 1 and i in self.starts:
+                out += [line] if line else []
+                out.append(
+                    f"── sample {self.starts.index(i) + 1} of {len(self.starts)} (answer {self.starts.index(i) + 1}) ──"
+                )
+                line = ""
             piece = tok.replace("\n", "\\n")
             piece = f"⟦{piece}⟧" if on else piece
             if len(line) + len(piece) > width:
@@ -42,7 +52,13 @@ class TokenView:
     def html(self) -> str:
         """Coloured chips: green = trained (in the loss), grey = context; hover shows the id."""
         chips = []
-        for tok, tid, on in zip(self.tokens, self.ids, self.trained, strict=True):
+        for i, (tok, tid, on) in enumerate(zip(self.tokens, self.ids, self.trained, strict=True)):
+            if len(self.starts) > 1 and i in self.starts:
+                n = self.starts.index(i) + 1
+                chips.append(
+                    f"<div style='font-family:sans-serif;font-size:12px;margin-top:6px;border-top:1px solid #999'>"
+                    f"sample {n} of {len(self.starts)}: the conversation up to answer {n}, as inference renders it</div>"
+                )
             bg, fg = ("#c8f0d0", "#0b5d1e") if on else ("#eceff3", "#444")
             label = html.escape(tok).replace("\n", "↵").replace(" ", "·") or "∅"
             chips.append(
@@ -73,11 +89,15 @@ def token_view(
     """Encode one conversation and pass it through the training collator; show what the loss sees.
 
     Labels in a causal LM are shifted inside the model: the label at position i is the token the
-    model must predict there. A token "counts" when its label is not IGNORE after collation.
+    model must predict there. A token "counts" when its label is not IGNORE after collation. A template
+    trained one sample per answer shows each sample in turn.
     """
     enc = encode([messages], tokenizer, template)
-    batch = collate([{"input_ids": enc["input_ids"][0], "labels": enc["labels"][0]}], tokenizer, padding_free)
-    ids = batch["input_ids"][0].tolist()
-    labels = batch["labels"][0].tolist()
+    ids, labels, starts = [], [], []
+    for x, y in zip(enc["input_ids"], enc["labels"], strict=True):  # several samples: one per answer
+        batch = collate([{"input_ids": x, "labels": y}], tokenizer, padding_free)
+        starts.append(len(ids))
+        ids += batch["input_ids"][0].tolist()
+        labels += batch["labels"][0].tolist()
     tokens = [tokenizer.decode([i]) for i in ids]
-    return TokenView(tokens, ids, [lab != IGNORE for lab in labels])
+    return TokenView(tokens, ids, [lab != IGNORE for lab in labels], starts)
