@@ -137,11 +137,8 @@ def by_trainer(runs: Sequence[Run]) -> dict[str, list[Run]]:
 def _average_loss(run: Run, x: str) -> tuple[list[float], list[float]]:
     """A run without loss lines (logging_steps at least its length): the trainer's average loss over the
     run, logged once at the end, as one point at the last step."""
-    end = next((r for r in reversed(run.records) if "train_loss" in r), None)
-    if end is None:
-        return [], []
-    xs, _ = run.series("train_loss", x)
-    return xs[-1:], [end["train_loss"]]
+    xs, ys = run.series("train_loss", x)
+    return xs[-1:], ys[-1:]
 
 
 def _why_empty(runs: Sequence[Run], name: str, x: str) -> str:
@@ -216,82 +213,77 @@ def plot_runs(
     which says why, rather than disappearing. A short run (few log lines) shows its points and values.
     """
     plt = _plt()
-    from matplotlib.ticker import EngFormatter, MaxNLocator
-
     groups = by_trainer(runs) or {"sft": []}
-    panels = []  # (trainer, metric, runs of that trainer)
-    for trainer, group in groups.items():
-        chosen = metrics or [
-            m for m in METRICS if m == "loss" or any(run.series(m, "step")[0] for run in group)
-        ]
-        panels += [(trainer, m, group) for m in chosen]
+    chosen = {
+        trainer: list(metrics or [m for m in METRICS if m == "loss" or any(r.series(m)[0] for r in group)])
+        for trainer, group in groups.items()
+    }
     # a second trainer's panels go on rows of their own: four to a row keeps the figure short
-    cols = min(max(sum(1 for p in panels if p[0] == t) for t in groups), 3 if len(groups) == 1 else 4)
-    rows_of = {t: math.ceil(sum(1 for p in panels if p[0] == t) / cols) for t in groups}
-    rows = sum(rows_of.values())
-    size = FIGSIZE if len(groups) == 1 else (FIGSIZE[0], ROW_HEIGHT * rows)
-    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
+    cols = min(max(map(len, chosen.values())), 3 if len(groups) == 1 else 4)
+    rows_of = {trainer: math.ceil(len(ms) / cols) for trainer, ms in chosen.items()}
+    size = FIGSIZE if len(groups) == 1 else (FIGSIZE[0], ROW_HEIGHT * sum(rows_of.values()))
+    fig, axes = plt.subplots(sum(rows_of.values()), cols, figsize=size, squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labels, colour_of = {}, {}
     for group in groups.values():
-        differ = differing_params(group)
+        differ = differing_params(group)  # within a trainer: SFT and DPO recipes differ in everything
         for run in group:
             labels[id(run)] = run_label(run, differ[run.name])
             colour_of[id(run)] = colours[len(colour_of) % len(colours)]
     used, first_row = [], 0
-    for trainer in groups:
-        mine = [p for p in panels if p[0] == trainer]
-        for k, (_, metric, group) in enumerate(mine):
+    for trainer, group in groups.items():
+        for k, metric in enumerate(chosen[trainer]):
             ax = axes[first_row + k // cols][k % cols]
             used.append(ax)
             name = METRICS.get(metric, metric)
-            ax.set(
-                xlabel=X_AXES.get(x, x),
-                ylabel=name,
-                title=name if len(groups) == 1 else f"{name} ({trainer.upper()})",
-            )
-            drawn = [
-                _draw(ax, run, metric, x, smoothing, colour_of[id(run)], labels[id(run)]) for run in group
-            ]
-            if not any(drawn):
-                ax.text(
-                    0.5,
-                    0.5,
-                    _why_empty(group, name, x),
-                    transform=ax.transAxes,
-                    ha="center",
-                    va="center",
-                    color="#6b7280",
-                )
-                ax.set_xticks([])
-                ax.set_yticks([])
-                continue
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=x == "step"))
-            if x == "tokens":
-                ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 120k, 1.2M: labels that do not overlap
-            if metric == "learning_rate":
-                ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-            ax.margins(x=0.08, y=0.15)  # room for a lone point's value
-            if x == "step" and _steps(group):  # a point alone at step 6 of 6, not on an axis from 5.7 to 6.3
-                ax.set_xlim(left=0, right=_steps(group) * 1.08)
-            ax.grid(alpha=0.3)
+            heading = name if len(groups) == 1 else f"{name} ({trainer.upper()})"
+            ax.set(xlabel=X_AXES.get(x, x), ylabel=name, title=heading)
+            drawn = [_draw(ax, r, metric, x, smoothing, colour_of[id(r)], labels[id(r)]) for r in group]
+            _style(ax, metric, x, group, name, any(drawn))
         first_row += rows_of[trainer]
     for ax in axes.flat:
         if ax not in used:
             ax.remove()
+    fig.suptitle(title or (runs[0].name if len(runs) == 1 else f"{len(runs)} runs"))
+    _legend(fig, size)
+    return fig
+
+
+def _style(ax, metric: str, x: str, runs: Sequence[Run], name: str, drawn: bool) -> None:
+    """Axes that read well: ticks, grid, room for a lone point's value; an empty panel says why."""
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    if not drawn:
+        why = _why_empty(runs, name, x)
+        ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", color="#6b7280")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=x == "step"))
+    if x == "tokens":
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 120k, 1.2M: labels that do not overlap
+    if metric == "learning_rate":
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.margins(x=0.08, y=0.15)  # room for a lone point's value
+    if x == "step" and _steps(runs):  # a point alone at step 6 of 6, not on an axis from 5.7 to 6.3
+        ax.set_xlim(left=0, right=_steps(runs) * 1.08)
+    ax.grid(alpha=0.3)
+
+
+def _legend(fig, size: tuple[float, float]) -> None:
+    """One legend for the figure, below the panels (a run appears in several panels)."""
     handles: dict[str, Any] = {}
     for ax in fig.axes:
         for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(n, h)
     names = list(handles)
-    ncol = min(len(names), 2 if any(len(n) > 40 for n in names) else 4) or 1
-    legend_rows = math.ceil(len(names) / ncol) if names else 0
-    if names:
-        fig.legend([handles[n] for n in names], names, loc="lower center", ncol=ncol, fontsize=8)
-    fig.suptitle(title or (runs[0].name if len(runs) == 1 else f"{len(runs)} runs"))
-    bottom = min(0.035 * legend_rows * FIGSIZE[1] / size[1] + 0.01, 0.4) if names else 0
+    if not names:
+        fig.tight_layout()
+        return
+    ncol = min(len(names), 2 if any(len(n) > 40 for n in names) else 4)
+    fig.legend([handles[n] for n in names], names, loc="lower center", ncol=ncol, fontsize=8)
+    bottom = min(0.035 * math.ceil(len(names) / ncol) * FIGSIZE[1] / size[1] + 0.01, 0.4)
     fig.tight_layout(rect=(0, bottom, 1, 1))
-    return fig
 
 
 def plot_run(path: str | Path, **kw):
