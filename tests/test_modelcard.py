@@ -199,3 +199,16 @@ def test_push_says_why_it_cannot_upload_and_what_it_would_upload(runs, tmp_path)
     assert (
         'from_pretrained("me/x")' in (runs / "lora" / "final" / "README.md").read_text()
     )  # the card names the repo
+
+
+def test_trainer_classes_come_from_the_trainer_table_and_no_metrics_means_no_plot(tmp_path):
+    from workshop_lib.trainers import KINDS
+
+    assert {name: modelcard.trainer_class(name) for name in KINDS} == {n: k.trainer for n, k in KINDS.items()}
+    assert modelcard.trainer_class("grpo") == "grpo"  # a trainer the kit does not know yet: as named
+    run_dir = tmp_path / "started"  # a run folder that has not logged a step (read through runs.load_run)
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text("trainer: sft\nmodel: tiny\n")
+    assert (
+        modelcard.loss_plot(run_dir, tmp_path / "plot.png") is None and not (tmp_path / "plot.png").exists()
+    )
