@@ -233,7 +233,11 @@ def fix_template(
                 if tried
                 else "the answer is not written as `prefix + message content + end_of_turn`"
             )
-            raise _refusal(text, report, why)
+            # no markers can be placed safely: the labels can still come from the inference prompts
+            try:
+                return _per_answer(tokenizer, text, report, sample, notes, f"no marker fix ({why[:160]})")
+            except TemplateError:
+                raise _refusal(text, report, why) from None
     tokenizer.chat_template = text
     after = check_template(tokenizer, text, sample)
     if not after.ok:
@@ -241,19 +245,25 @@ def fix_template(
     return text, notes
 
 
-def _per_answer(tokenizer, text: str, report: CheckReport, sample, notes: list[str]) -> tuple[str, list[str]]:
-    """Train each answer in its own sample (samples.py), if every check passes that way; else refuse."""
+def _per_answer(
+    tokenizer, text: str, report: CheckReport, sample, notes: list[str], why: str = ""
+) -> tuple[str, list[str]]:
+    """Train each answer in its own sample (samples.py), if every check passes that way; else refuse.
+
+    For templates that are not prefix-stable, and for those where no marker can be placed safely: the
+    labels come from the inference prompt, so no markers are needed."""
     candidate = PER_ANSWER + text
     after = check_template(tokenizer, candidate, sample)
     if not after.ok:
-        raise _refusal(text, after, "it is not prefix-stable and one sample per answer fails too")
+        raise _refusal(text, after, (why or "it is not prefix-stable") + "; one sample per answer fails too")
     n, tokens, whole = samples.cost([report.sample], tokenizer, candidate)
     where = position_dependent_lines(text)
     trl = _trl_file(_trl_candidate(tokenizer, text))
+    if not why:
+        why = "not prefix-stable (earlier turns render differently" + (f": {where[0]}" if where else "") + ")"
     notes.append(
-        "not prefix-stable (earlier turns render differently"
-        + (f": {where[0]}" if where else "")
-        + "): each answer is trained in its own sample, rendered exactly as inference renders that turn (the "
+        why
+        + ": each answer is trained in its own sample, rendered exactly as inference renders that turn (the "
         "conversation up to that answer; labels on the answer and its end-of-turn token; earlier answers are "
         f"context only). Token cost on the checked conversation: {n} samples, {tokens} tokens instead of {whole} "
         f"({tokens / max(whole, 1):.2f}x)"
