@@ -27,7 +27,7 @@ from .trainers import KINDS, TRAINERS, trl_fields
 
 METHODS = ("full", "lora", "qlora")
 DISTRIBUTED = ("ddp", "fsdp", "zero2", "zero3")
-SYSTEM_PROMPT = ("keep", "merge")
+SYSTEM_PROMPT = ("auto", "keep", "merge")
 
 
 class RecipeError(ValueError):
@@ -50,9 +50,7 @@ class Recipe:
     )
     eval_file: str | list | None = "data/synthetic/eval.jsonl"  # held-out conversations; None for none
     template: str | None = None  # a bundled template name or .jinja path; None: the model's own template
-    system_prompt: str = (
-        "keep"  # keep | merge (into the first user turn, for templates without a system role)
-    )
+    system_prompt: str = "auto"  # auto (keep where the template renders it, else merge) | keep | merge
     # --- how
     trainer: str = (
         "sft"  # sft (SFTTrainer: learn the answers) | dpo (DPOTrainer: prefer chosen over rejected)

@@ -15,6 +15,8 @@ from .encode import (
     encode_with_masks,
     end_of_turn_token,
     merge_system_prompt,
+    resolve_system_prompt,
+    system_prompt_lost,
     tokenize_dataset,
 )
 from .fix import ensure_pad_token, fix_template, prepare_tokenizer, same_rendering
@@ -69,7 +71,9 @@ __all__ = [
     "prepare_tokenizer",
     "probe",
     "render",
+    "resolve_system_prompt",
     "same_rendering",
+    "system_prompt_lost",
     "token_view",
     "tokenize_dataset",
 ]

@@ -10,7 +10,27 @@ from __future__ import annotations
 from .samples import encode_per_answer, has_reasoning, refuse_dropped_content
 from .templates import GENERATION_RE, IGNORE, SAMPLE, TemplateError, per_answer, render_failure, template_of
 
-SYSTEM_PROMPT_MODES = ("keep", "merge")
+SYSTEM_PROMPT_MODES = ("auto", "keep", "merge")
+
+
+def resolve_system_prompt(tokenizer, mode: str = "auto", template: str | None = None) -> str:
+    """'keep' or 'merge': what `system_prompt` means for this template. auto keeps system prompts where the
+    template renders them, and merges them into the first user turn where it drops or rejects them."""
+    if mode not in SYSTEM_PROMPT_MODES:
+        raise ValueError(f"system_prompt={mode!r}: use one of {', '.join(SYSTEM_PROMPT_MODES)}")
+    if mode != "auto":
+        return mode
+    return "merge" if system_prompt_lost(tokenizer, template_of(tokenizer, template)) else "keep"
+
+
+def system_prompt_lost(tokenizer, text: str) -> str | None:
+    """How the template loses a system prompt ('rejects' or 'drops'), None if it renders it."""
+    sample = SAMPLE[:3]
+    try:
+        out = tokenizer.apply_chat_template(sample, chat_template=text, tokenize=False)
+    except Exception:
+        return "rejects"
+    return None if sample[0]["content"] in out else "drops"
 
 
 def merge_system_prompt(messages: list[dict]) -> list[dict]:
@@ -159,18 +179,17 @@ def tokenize_dataset(
     num_proc: int | None = None,
     batch_size: int = 512,
     assistant_only: bool = True,
-    system_prompt: str = "keep",
+    system_prompt: str = "auto",
 ):
     """Map encode() over a datasets.Dataset with a "messages" column: batched, in parallel when it helps.
 
     system_prompt="merge" merges each leading system message into the first user turn first (for models
-    whose template rejects or drops system turns); "keep" gives the messages to the template as they are.
+    whose template rejects or drops system turns); "keep" gives the messages to the template as they are;
+    "auto" (the default) keeps them where the template renders them and merges them where it does not.
     The result has input_ids and labels, which SFTTrainer uses as they are (it skips its own tokenization).
     """
-    if system_prompt not in SYSTEM_PROMPT_MODES:
-        raise ValueError(f"system_prompt={system_prompt!r}: use one of {', '.join(SYSTEM_PROMPT_MODES)}")
     text = template_of(tokenizer, template)
-    merge = system_prompt == "merge"
+    merge = resolve_system_prompt(tokenizer, system_prompt, text) == "merge"
     if num_proc is None:
         import os
 

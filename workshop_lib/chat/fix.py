@@ -13,6 +13,7 @@ import re
 
 from . import samples
 from .checks import TOOL_CALL, CheckReport, check_template, conversation_set, probe, written_before_answer
+from .encode import system_prompt_lost
 from .rewrite import (
     add_generation_markers,
     answer_lines,
@@ -313,6 +314,12 @@ def prepare_tokenizer(tokenizer, template: str | None = None) -> CheckReport:
         notes.append(f"end-of-turn token {before.end_of_turn!r}, trained before any fix: {trained}")
     _, done = fix_template(tokenizer, text)
     report = check_template(tokenizer)
+    lost = system_prompt_lost(tokenizer, tokenizer.chat_template)
+    done.append(
+        f"system prompts (system_prompt: auto): merged into the first user turn, because the template {lost} them"
+        if lost
+        else "system prompts (system_prompt: auto): kept, the template renders them"
+    )
     report.notes = notes + done
     if not report.constraints:
         _, report.constraints = probe(tokenizer, tokenizer.chat_template)
