@@ -120,3 +120,32 @@ def test_06_without_a_finished_sft_run_says_what_to_do(tmp_path):
         shown = k.error_outputs()[0]
         assert "no finished sft run" in shown and "half" in shown and "notebooks/03_train.ipynb" in shown
         assert [p.name for p in tmp_path.iterdir()] == ["half"]  # nothing written
+
+
+def test_07_grpo_run_all_twice_from_the_newest_sft_run(short_sft_run):
+    root = short_sft_run.parent
+    small = {
+        "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 40}],
+        "eval_file": [{"path": "data/synthetic/eval.jsonl", "max_rows": 8}],
+        "n_generate": 8,
+        "per_device_train_batch_size": 16,
+        "num_generations": 4,
+        "logging_steps": 1,
+        "save_steps": 3,
+    }
+    with Kernel("07_grpo.ipynb", env={"OMP_NUM_THREADS": "1"}) as k:
+        k.set(output_root=str(root), overrides=small, max_steps=3)
+        k.run_all()
+        k.run_all()
+        assert not k.error_outputs()
+        grpo = [r for r in runs_in(root) if recipe_of(r)["trainer"] == "grpo"]
+        assert len(grpo) == 2 and all((r / "final").is_dir() for r in grpo)
+        assert all(recipe_of(r)["model"] == str(short_sft_run / "final") for r in grpo)
+        text = k.text()
+        assert (
+            "before GRPO: exact match" in text
+            and "mean reward: correct" in text
+            and "reward_std" in k.nb.cells[k.index_of("history = runs.load_run")].source
+        )
+        metrics = (grpo[0] / "metrics.jsonl").read_text()
+        assert '"reward"' in metrics and '"completions/mean_length"' in metrics  # GRPO's own metrics are kept

@@ -58,6 +58,8 @@ def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
     """
     if KINDS[recipe.trainer].data == "preference":
         return _preference_datasets(recipe)
+    if KINDS[recipe.trainer].data == "prompts":
+        return _prompt_datasets(recipe)
     sft = recipe.trl
     cut = sft.get("max_length") if sft.get("padding_free") and not sft.get("packing") else None
 
@@ -91,6 +93,37 @@ def _preference_datasets(recipe: Recipe) -> tuple[Any, Any, list[dict]]:
     train_rows = rows(recipe.train_file, seed, "preference")
     eval_rows = rows(recipe.eval_file, seed, "preference") if recipe.eval_file else []
     return prepare(train_rows), (prepare(eval_rows) if eval_rows else None), eval_rows
+
+
+def _prompt_datasets(recipe: Recipe) -> tuple[Any, Any, list[dict]]:
+    """GRPO: every assistant turn of the conversations becomes a prompt with its reference answer; the held-out
+    conversations are returned whole for exact match before and after."""
+    from .data.prompts import to_prompts
+
+    seed = int(recipe.trl.get("seed", 0))
+
+    def prepare(found: list[dict]):
+        prompts = to_prompts([{"messages": as_trained(recipe, c["messages"])} for c in found])
+        return data.to_dataset(prompts)
+
+    train_rows = rows(recipe.train_file, seed)
+    eval_rows = rows(recipe.eval_file, seed) if recipe.eval_file else []
+    return prepare(train_rows), (prepare(eval_rows) if eval_rows else None), eval_rows
+
+
+DEFAULT_REWARDS = ("correct", "well_formed")
+
+
+def reward_funcs(recipe: Recipe) -> list:
+    """GRPO's reward functions, by the recipe's names (workshop_lib.rewards)."""
+    from .rewards import REWARDS
+
+    return [REWARDS[name] for name in recipe.rewards or DEFAULT_REWARDS]
+
+
+def trainer_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """What the recipe's TRL trainer takes beyond model, args, data, tokenizer, LoRA and callbacks."""
+    return {"reward_funcs": reward_funcs(recipe)} if recipe.trainer == "grpo" else {}
 
 
 def trainer_class(recipe: Recipe) -> type:

@@ -34,8 +34,10 @@ def answer(
     max_new_tokens: int = 64,
     batch_size: int = 32,
     progress: Callable[[int], object] | None = None,
+    temperature: float | None = None,
 ) -> list[str]:
-    """Greedy answers to each conversation (its turns so far, ending with a user turn).
+    """Greedy answers to each conversation (its turns so far, ending with a user turn); sampled ones at
+    `temperature` when it is given (GRPO's view: several different answers to one prompt).
 
     progress: called with the number of conversations answered after each batch (a progress bar's update),
     so that one bar can follow several calls."""
@@ -57,7 +59,15 @@ def answer(
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             with torch.no_grad():
                 gen = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop, pad_token_id=pad
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=stop,
+                    pad_token_id=pad,
+                    **(
+                        {"do_sample": True, "temperature": temperature}
+                        if temperature
+                        else {"do_sample": False}
+                    ),
                 )
             for seq in gen[:, enc["input_ids"].shape[1] :]:
                 out.append(tokenizer.decode(seq, skip_special_tokens=True).strip())

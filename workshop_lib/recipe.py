@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from .paths import resolve, resolve_source
+from .rewards import REWARDS
 from .trainers import KINDS, TRAINERS, trl_fields
 
 METHODS = ("full", "lora", "qlora")
@@ -71,6 +72,8 @@ class Recipe:
     # --- scoring (notebooks 03 and 05)
     n_generate: int = 200  # held-out conversations answered for exact match before/after (0: skip)
     max_new_tokens: int = 32  # generation length for those answers
+    # --- GRPO (trainer: grpo)
+    rewards: list | None = None  # reward functions by name (workshop_lib.rewards); None: correct, well_formed
     # --- TRL and PEFT keyword arguments, and where each key came from
     trl_items: tuple = ()
     lora_items: tuple = ()
@@ -283,6 +286,8 @@ def load_recipe(
             raise RecipeError(f"{label}: {key}: expected a positive integer, got {value!r}.")
     for key, allowed in (("method", METHODS), ("distributed", DISTRIBUTED), ("system_prompt", SYSTEM_PROMPT)):
         _one_of(key, kit.get(key, getattr(Recipe, key)), allowed, label)
+    for name in kit.get("rewards") or []:
+        _one_of("rewards", name, tuple(REWARDS), label)
     run_name = kit.get("run_name", Recipe.run_name)
     if not run_name or "/" in run_name:
         raise RecipeError(f"{label}: run_name: {run_name!r} must be a plain folder name (no '/').")
@@ -330,6 +335,10 @@ def _check_combinations(r: Recipe, label: str) -> None:
         raise RecipeError(
             f"{label}: distributed: fsdp needs GPUs: accelerate applies FSDP only on GPU-like devices, so on CPU "
             "the processes would silently run plain DDP. Use ddp, zero2 or zero3 on CPU (fsdp on the GPU nodes)."
+        )
+    if r.rewards and r.trainer != "grpo":
+        raise RecipeError(
+            f"{label}: rewards are GRPO's reward functions, but trainer is {r.trainer}: remove them."
         )
     if r.lora and r.method == "full":
         raise RecipeError(

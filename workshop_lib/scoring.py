@@ -157,3 +157,35 @@ def table_html(before: dict | None, after: dict, n: int = 8) -> str:
         rows.append(f"<tr>{tds}<td>{'✅' if a == ref else '❌'}</td></tr>")
     head = "<tr><th>prompt</th><th>reference</th><th>before</th><th>after</th><th></th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def rewards(model, tokenizer, rows: list[dict], recipe: Recipe) -> dict[str, Any]:
+    """GRPO's view of held-out conversations: exact match of greedy answers, and the mean of each of the
+    recipe's reward functions on them ({"exact_match", "n", "examples", "rewards": {name: mean}, "reward"})."""
+    from . import build
+
+    res = exact_match(model, tokenizer, rows, recipe)
+    refs = [ref for _, ref, _ in res["examples"]]
+    completions = [[{"role": "assistant", "content": a}] for _, _, a in res["examples"]]
+    per = {
+        f.__name__: sum(f(completions, answer=refs)) / max(len(refs), 1) for f in build.reward_funcs(recipe)
+    }
+    return {**res, "rewards": per, "reward": sum(per.values())}
+
+
+def sampled(model, tokenizer, rows: list[dict], recipe: Recipe, k: int = 4, n_prompts: int = 3) -> list[dict]:
+    """k answers sampled at the recipe's temperature for each of n_prompts held-out conversations, with each
+    reward: one GRPO group as the trainer sees it (rows of prompt, answer, reference, reward per function)."""
+    from . import build, generate
+
+    temperature = float(recipe.trl.get("temperature") or 1.0)
+    chosen = list(rows)[:n_prompts]
+    prompts = [r["messages"][:-1] for r in chosen for _ in range(k)]
+    refs = [r["messages"][-1]["content"].strip() for r in chosen for _ in range(k)]
+    answers = generate.answer(model, tokenizer, prompts, recipe.max_new_tokens, temperature=temperature)
+    completions = [[{"role": "assistant", "content": a}] for a in answers]
+    scores = {f.__name__: f(completions, answer=refs) for f in build.reward_funcs(recipe)}
+    return [
+        {"prompt": p[-1]["content"], "answer": a, "reference": ref, **{n: s[i] for n, s in scores.items()}}
+        for i, (p, a, ref) in enumerate(zip(prompts, answers, refs, strict=True))
+    ]

@@ -90,6 +90,37 @@ KINDS: dict[str, TrainerKind] = {
             "max_length": (1024, "prompt plus answer, cut from the end (truncation_mode keep_start)"),
         },
     ),
+    "grpo": TrainerKind(
+        name="grpo",
+        config="GRPOConfig",
+        trainer="GRPOTrainer",
+        data="prompts",
+        notebook="notebooks/07_grpo.ipynb",
+        what="reinforcement learning with verifiable rewards: sample answers, reward the right ones",
+        defaults={
+            "learning_rate": (
+                1e-6,
+                "TRL's rate for real models: each step moves towards answers sampled a moment ago",
+            ),
+            "num_generations": (
+                8,
+                "answers sampled per prompt: each is rewarded relative to its group's mean",
+            ),
+            "max_completion_length": (
+                256,
+                "a sampled answer is cut here (and a cut answer rarely earns a reward)",
+            ),
+            "temperature": (1.0, "sampling temperature: the group needs different answers to compare"),
+            "beta": (0.0, "no KL penalty, so no reference model in memory (TRL's default since DAPO)"),
+            **_SHARED,
+            "per_device_train_batch_size": (32, "completions per process per step: 4 prompts x 8 answers"),
+            "eval_strategy": (
+                "no",
+                "GRPO's evaluation samples answers too: the kit scores held-out prompts instead",
+            ),
+            "logging_steps": (5, "rewards move quickly: a line every 5 steps"),
+        },
+    ),
 }
 TRAINERS = tuple(KINDS)
 
