@@ -44,8 +44,9 @@ def rows(spec: Any, seed: int = 0, kind: str = "messages") -> list[dict]:
 
 
 def row_kind(recipe: Recipe) -> str:
-    """What the recipe's data files hold: conversations for SFT, preference pairs for DPO."""
-    return KINDS[recipe.trainer].data
+    """What the recipe's data files hold: preference pairs for DPO, conversations otherwise (GRPO makes its
+    prompts from conversations)."""
+    return "preference" if KINDS[recipe.trainer].data == "preference" else "messages"
 
 
 def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:

@@ -182,7 +182,7 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
     else:
         tokenizer, train_ds, eval_ds = prepared
     model = build.model(recipe, tokenizer)
-    trainer = build.trainer_class(recipe)(  # SFTTrainer, or DPOTrainer for trainer: dpo
+    trainer = build.trainer_class(recipe)(  # SFTTrainer, DPOTrainer or GRPOTrainer (trainers.KINDS)
         model=model,
         args=build.trl_config(recipe),
         train_dataset=train_ds,
@@ -190,6 +190,7 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
         processing_class=tokenizer,
         peft_config=build.lora_config(recipe, model),
         callbacks=build.callbacks(recipe),
+        **build.trainer_kwargs(recipe),  # GRPO: its reward functions
     )
     trainer.remove_callback(PrinterCallback)  # the kit prints its own lines from metrics.jsonl
     trainer.add_callback(RebuildBucketsOnResume(trainer))
