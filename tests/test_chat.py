@@ -206,19 +206,33 @@ def test_system_prompt_merge_for_templates_that_reject_or_drop_it(tok):
     ds = Dataset.from_dict({"messages": [chat.SAMPLE, chat.SAMPLE[1:3]]})
     # Mistral v0.3 renders the system prompt only before the last user turn: with "keep" it would be lost
     tok.chat_template = (REAL / "mistral_v0_3.jinja").read_text()
-    chat.prepare_tokenizer(tok)
+    report = chat.prepare_tokenizer(tok)
+    assert (
+        sum("system prompts (system_prompt: auto): merged" in n and "drops" in n for n in report.notes) == 1
+    )
     with pytest.raises(
         chat.TemplateError, match="leaves out the content of message 0.*system_prompt='merge'"
     ):
-        chat.tokenize_dataset(ds, tok)
-    out = chat.tokenize_dataset(ds, tok, system_prompt="merge")
-    assert chat.SAMPLE[0]["content"] in tok.decode(out[0]["input_ids"])
+        chat.tokenize_dataset(ds, tok, system_prompt="keep")
+    for mode in ("merge", "auto"):  # auto (the default) merges here
+        out = chat.tokenize_dataset(ds, tok, system_prompt=mode)
+        assert chat.SAMPLE[0]["content"] + "\n\n" + chat.SAMPLE[1]["content"] in tok.decode(
+            out[0]["input_ids"]
+        )
+    assert chat.resolve_system_prompt(tok) == "merge"
     # Gemma rejects it outright
     tok.chat_template = (REAL / "gemma.jinja").read_text()
-    chat.prepare_tokenizer(tok)
+    report = chat.prepare_tokenizer(tok)
+    assert any("merged into the first user turn, because the template rejects" in n for n in report.notes)
     with pytest.raises(chat.TemplateError, match="System role not supported"):
-        chat.tokenize_dataset(ds, tok)
-    assert len(chat.tokenize_dataset(ds, tok, system_prompt="merge")) == 2
+        chat.tokenize_dataset(ds, tok, system_prompt="keep")
+    assert len(chat.tokenize_dataset(ds, tok)) == 2
+    # a template that renders it: auto keeps it as it is
+    tok.chat_template = chat.load_template("chatml")
+    report = chat.prepare_tokenizer(tok)
+    assert any("system prompts (system_prompt: auto): kept" in n for n in report.notes)
+    assert chat.resolve_system_prompt(tok) == "keep"
+    assert tok.decode(chat.tokenize_dataset(ds, tok)[0]["input_ids"]).startswith("<|im_start|>system\n")
     with pytest.raises(ValueError, match="system_prompt='drop'"):
         chat.tokenize_dataset(ds, tok, system_prompt="drop")
 
