@@ -399,7 +399,7 @@ def _is_train_worker(cmd, parent):  # forked by `workshop_lib train` (the python
 def test_a_frozen_rank_ends_the_job_with_its_root_cause_and_the_job_resumes(cluster, tmp_path):
     """Node 1's worker is stopped (SIGSTOP): gloo waits forever, the watchdog does not. The job ends the try
     within hang_timeout_s + 60 s, names rank 1 on node 1, keeps every rank's stacks, requeues and resumes."""
-    params = {**FAST, "max_steps": 80, "save_steps": 4, "logging_steps": 1, "hang_timeout_s": 15}
+    params = {**FAST, "max_steps": 16, "save_steps": 2, "logging_steps": 1, "hang_timeout_s": 15}
     job, _ = submit(
         cluster,
         tmp_path,
@@ -418,7 +418,7 @@ def test_a_frozen_rank_ends_the_job_with_its_root_cause_and_the_job_resumes(clus
     def log():
         return log_of(tmp_path, "frozen", job)
 
-    cluster.wait_for(job, lambda: max(logged_steps(run), default=0) >= 5, 300, "step 5", log)
+    cluster.wait_for(job, lambda: max(logged_steps(run), default=0) >= 3, 300, "step 3", log)
     pids = _processes(job, "1", _is_train_worker)
     assert len(pids) == 1, pids
     os.kill(pids[0], signal.SIGSTOP)
@@ -430,12 +430,11 @@ def test_a_frozen_rank_ends_the_job_with_its_root_cause_and_the_job_resumes(clus
         cause
     )
     [folder] = (run / "logs" / "failures").glob(f"{job}-try0")
-    assert (
-        "all_reduce" in (folder / "stacks" / "rank0.txt").read_text()
-        or "backward" in (folder / "stacks" / "rank0.txt").read_text()
-    )
+    stacks = (folder / "stacks" / "rank0.txt").read_text()  # rank 0 answered with all its threads' stacks
+    waiting = json.loads((folder / "rank0.json").read_text())
+    assert waiting["waiting"] and "Thread" in stacks and "workshop_lib" in stacks, (waiting, stacks)
     # the job requeues after the hang and the next try resumes from the last checkpoint and finishes
-    info = cluster.wait(job, timeout=300)
+    info = cluster.wait(job, timeout=600)
     assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, log()[-3000:]
     tries = [json.loads(x) for x in (run / "tries.jsonl").read_text().splitlines()]
     assert [(t["try"], t["ended"]) for t in tries] == [(0, "hang"), (1, "finished")], tries

@@ -66,7 +66,7 @@ def _try_end_command(args) -> int:
         print(f"job {job}: {hangs} tries hung; not requeued again (hang_requeues: {args.requeue_hangs})")
         return 1
     print(
-        f"hang {hangs} of at most {args.requeue_hangs + 1}: requeueing job {job} to resume from the last checkpoint"
+        f"hang {hangs} in job {job} (hang_requeues: {args.requeue_hangs}): requeueing it to resume from the last checkpoint"
     )
     return 0
 

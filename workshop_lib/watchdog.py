@@ -148,7 +148,7 @@ class Watchdog(threading.Thread):
             elif late is not None and late > FROZEN_AFTER_S:
                 how, waiting = f"its process runs no Python (frozen for {late:.0f} s)", False
             elif waiting:
-                how = f"waits in a collective: {where}"
+                how = f"waits in {where}"
             else:
                 how = f"stopped progressing at {where}"
             last = ranks.get(rank, {})
@@ -219,8 +219,9 @@ def _where_it_waits(stack: str) -> tuple[str, bool]:
     library = frames[: frames.index(inner)]  # the library frames it called into: do they wait for peers?
     waiting = any(c in f for f in library for c in COLLECTIVE)
     where = inner.replace("File ", "", 1)
-    if waiting:  # name what it waits in: the library call made from our frame
-        where = f"{library[-1].rsplit(' in ', 1)[-1]}, called at {where}"
+    if waiting:  # name the collective it waits in, and our frame that led there
+        coll = next(f for f in library if any(c in f for c in COLLECTIVE))
+        where = f"{coll.rsplit(' in ', 1)[-1]} ({coll.split('/')[-1].split(chr(34))[0]}), from {where}"
     return where, waiting
 
 
