@@ -69,15 +69,15 @@ def test_pick_run_refuses_with_every_candidate_and_why(tmp_path):
         run_folders.pick_run(tmp_path, "sft")
     text = str(err.value)
     assert text.startswith(f"no finished sft run in {tmp_path} to start from. Train one first")
-    assert f"{tmp_path / 'dpo-run'}: a finished dpo run, not sft" in text
-    assert f"{tmp_path / 'still-training'}: a sft run without a final/ model yet" in text
-    assert f"{tmp_path / 'preempted'}: a sft run stopped with a checkpoint (preempted): resume it" in text
-    assert f"{tmp_path / 'killed-while-saving'}: a sft run without result.json" in text
+    assert f"{tmp_path / 'dpo-run'}: finished dpo run, not sft" in text
+    assert f"{tmp_path / 'still-training'}: sft run without a final/ model yet" in text
+    assert f"{tmp_path / 'preempted'}: sft run stopped with a checkpoint (preempted): resume it" in text
+    assert f"{tmp_path / 'killed-while-saving'}: sft run without result.json" in text
     assert err.value._render_traceback_() == [f"\x1b[31mRunError\x1b[0m: {text}"]  # IPython: no traceback
     assert runfolder.newest_final(tmp_path) is None
     with pytest.raises(run_folders.RunError, match="does not exist yet"):
         run_folders.pick_run(tmp_path / "nothing-here")
-    with pytest.raises(run_folders.RunError, match="still-training: a sft run without a final/ model"):
+    with pytest.raises(run_folders.RunError, match="still-training: sft run without a final/ model"):
         run_folders.finished_run(tmp_path / "still-training")
 
 
@@ -209,7 +209,7 @@ def test_05_defaults_after_the_demo_run_all_twice_and_a_clear_refusal_first(trai
         assert error is not None and "no finished sft run" in str(error)
         (out,) = [o for c in k.nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
         assert (
-            len(out.traceback) == 1 and "still-training: a sft run without a final/ model" in out.traceback[0]
+            len(out.traceback) == 1 and "still-training: sft run without a final/ model" in out.traceback[0]
         )
         k.clear()
         k.set(output_root=str(tmp_path / "runs"))  # what the message says: train one (here: the demo did)

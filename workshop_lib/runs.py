@@ -345,14 +345,14 @@ def why_not(path: Path, trainer: str | None = None) -> str | None:
         return "no recipe.yaml: not a run of this kit"
     kind = read_params(path).get("trainer", "sft")
     if (path / PREEMPTED_FILE).exists():
-        return f"a {kind} run stopped with a checkpoint (preempted): resume it to finish it"
+        return f"{kind} run stopped with a checkpoint (preempted): resume it to finish it"
     if not (path / "final").is_dir():
-        return f"a {kind} run without a final/ model yet: still training, stopped or killed"
+        return f"{kind} run without a final/ model yet: still training, stopped or killed"
     result = read_result(path)
     if not result or result.get("preempted"):
-        return f"a {kind} run without result.json: still writing it, or killed before the end"
+        return f"{kind} run without result.json: still writing it, or killed before the end"
     if trainer is not None and kind != trainer:
-        return f"a finished {kind} run, not {trainer}"
+        return f"finished {kind} run, not {trainer}"
     return None
 
 
