@@ -83,6 +83,16 @@ def test_selection_rules():
     early = _record("node", 1, 5.0, "DataError: bad.jsonl:line 1: no assistant turn", ename="DataError")
     late = _record("node", 0, 5.2, "DataError: bad.jsonl:line 1: no assistant turn", ename="DataError")
     assert failures.root_cause([late, early]) is early
+    # a node that reported an exception (a taken port) beats a node that ended without a word, even though
+    # the exception's type (DistNetworkError) usually only relays a lost peer
+    taken = _record(
+        "node",
+        0,
+        3.0,
+        "DistNetworkError: failed to bind to [::]:20001 (errno: 98 - Address already in use)",
+        ename="DistNetworkError",
+    )
+    assert failures.root_cause([taken], nnodes=2) is taken
 
 
 def _rank_one_stalls(how):
@@ -137,3 +147,44 @@ def test_a_hang_ends_with_every_ranks_stacks_and_the_stalled_rank_as_root_cause(
     last = failures.report(tmp_path).splitlines()[-1]
     assert last.startswith("===== ROOT CAUSE: rank 1") and "the others wait: rank 0" in last, last
     print(f"\n{how}: the launch ended {took:.1f} s after it began (hang_timeout_s 4); {last}")
+
+
+def _collective_with_a_silent_peer(recipe):
+    """The kit's process group (worker._one_process_group); rank 1 goes silent (asleep, its sockets open, as
+    a stopped peer's stay), rank 0 waits for it in an all-reduce."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from workshop_lib import worker
+
+    worker._one_process_group(recipe)
+    dist.all_reduce(torch.ones(1))
+    if dist.get_rank() == 1:
+        time.sleep(120)
+    dist.all_reduce(torch.ones(1))
+    return "finished"
+
+
+def test_collective_timeout_s_ends_a_gloo_collective_that_waits_for_a_silent_peer(tmp_path):
+    """accelerate gives CPU groups no timeout (gloo's default: 30 minutes); the kit's group has
+    collective_timeout_s."""
+    import time
+
+    from workshop_lib.recipe import load_recipe
+
+    recipe = load_recipe("recipes/tiny_cpu.yaml", overrides={"collective_timeout_s": 3, "nproc_per_node": 2})
+    t0 = time.time()
+    with pytest.raises(launch.LaunchError):
+        launch.run(
+            _collective_with_a_silent_peer,
+            recipe,
+            nproc_per_node=2,
+            master_port=launch.free_port(),
+            failure_dir=tmp_path,
+            hang_timeout_s=600,
+        )
+    took = time.time() - t0
+    rank0 = next(r for r in failures.load(tmp_path) if r.get("rank") == 0)
+    assert "Timed out" in rank0["error"] and took < 60, (took, rank0)

@@ -142,3 +142,53 @@ def test_more_nodes_than_the_partition_has_warns(cluster, tmp_path):
     assert out.returncode == 0 and "partition 'debug' has 3 node(s) and the job asks for 4" in out.stderr, (
         out.stderr
     )
+
+
+def test_resume_continues_the_runs_own_recipe_and_checks_the_node_count_before_queueing(cluster, tmp_path):
+    from workshop_lib.recipe import load_recipe
+
+    runs = tmp_path / "runs"
+    ran = load_recipe(
+        "recipes/tiny_cpu.yaml",
+        overrides={
+            "run_name": "r",
+            "output_root": str(runs),
+            "nnodes": 2,
+            "max_steps": 30,
+            "per_device_train_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+        },
+    )
+    (runs / "r").mkdir(parents=True)
+    ran.save(runs / "r" / "recipe.yaml")
+    before = queue(cluster)
+    # 3 nodes cannot keep a global batch of 8 (2 x 4): refused now, not 30 s into the job
+    out = submit(cluster, runs, "--profile", "local", "--resume", "--name", "r", "--nodes", "3")
+    assert out.returncode == 2 and "cannot be split evenly into 3 x 4" in out.stderr, out.stderr
+    assert queue(cluster) == before
+    # 1 node: the run's own recipe (max_steps 30, not the recipe file's), the changes said, the batch kept
+    out = submit(
+        cluster,
+        runs,
+        "--profile",
+        "local",
+        "--recipe",
+        "recipes/tiny_cpu.yaml",
+        "--resume",
+        "--name",
+        "r",
+        "--nodes",
+        "1",
+        "-p",
+        "learning_rate",
+        "0.001",
+        "--dry-run",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "(--recipe recipes/tiny_cpu.yaml is not used)" in out.stderr, out.stderr
+    assert "changed: learning_rate" in out.stderr and "nnodes 2 -> 1" in out.stderr, out.stderr
+    assert "gradient_accumulation_steps 1 -> 2, so the global batch stays 8" in out.stderr, out.stderr
+    assert "max_steps: 30" in out.stdout and "learning_rate: 0.001" in out.stdout
+    # nothing to resume
+    out = submit(cluster, runs, "--profile", "local", "--resume", "--name", "nope", "--dry-run")
+    assert out.returncode == 2 and "nothing to resume" in out.stderr, out.stderr

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import build
 from .control import CANCEL
+from .launch import free_port
 from .recipe import Recipe
 from .runfolder import PREEMPTED_FILE, last_checkpoint
 
@@ -201,21 +202,29 @@ def train(recipe: Recipe, prepared: tuple | None = None) -> TrainResult:
 
 
 def _one_process_group(recipe: Recipe) -> None:
-    """DeepSpeed and FSDP want a process group even for one process (DeepSpeed otherwise looks for MPI),
-    and ZeRO-3 on CPU must join it (over gloo) before the model is loaded, so that the weights are
-    partitioned on load."""
-    if recipe.distributed == "ddp":
-        return
-    if "RANK" not in os.environ:
-        from .launch import free_port
+    """The process group, where the kit must make it itself. DeepSpeed and FSDP want one even for one process
+    (DeepSpeed otherwise looks for MPI), and ZeRO-3 on CPU must join it (over gloo) before the model is
+    loaded, so that the weights are partitioned on load. On CPU, several processes join a gloo group here
+    with collective_timeout_s as its timeout: accelerate passes the TrainingArguments' timeout only to GPU
+    groups, so a collective that waits for a stopped peer would otherwise wait gloo's default 30 minutes."""
+    import datetime
 
+    timeout = datetime.timedelta(seconds=recipe.collective_timeout_s)
+    if recipe.distributed != "ddp" and "RANK" not in os.environ:
         os.environ.update(
             RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
         )
-    if recipe.distributed == "zero3" and build.device_kind() == "cpu":
+    if build.device_kind() != "cpu":
+        return  # accelerate makes the NCCL/RCCL group with the timeout (ddp_timeout)
+    if recipe.distributed == "zero3":
         import deepspeed
 
-        deepspeed.init_distributed(dist_backend="gloo")
+        deepspeed.init_distributed(dist_backend="gloo", timeout=timeout)
+    elif int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():  # accelerate then uses this group
+            dist.init_process_group("gloo", timeout=timeout)
 
 
 def logged_train(recipe: Recipe, log_dir: str, prepared: tuple | None = None) -> TrainResult:
