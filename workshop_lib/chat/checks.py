@@ -265,6 +265,22 @@ def check_generation_prompt(c: _Ctx) -> Check:
             f"at inference the model itself must write {extra!r} before its answer: it learns to only if that text "
             "is inside the generation block",
         )
+    at = next((i for i, (a, b) in enumerate(zip(prompt, c.full, strict=False)) if a != b), len(prompt))
+    if (
+        not prompt[at:].lstrip().startswith(("<", "["))
+        and (tag := prompt.rfind("<", max(0, at - 20), at)) >= 0
+    ):
+        at = tag  # from the tag the prompt opens ('<think>' then '\n' where the answer has '<think></think>')
+    opened = prompt[at:]
+    if opened.strip() and len(opened) < 40:
+        return Check(
+            "generation prompt",
+            "fail",
+            f"the inference prompt ends with {opened!r}, which the template does not write before a rendered answer "
+            f"({c.full[at : at + 30]!r}): inference prompts open a block (e.g. reasoning) that training renderings "
+            "lack, so no rendering shows the model what to write after the prompt. Use data whose rendered answers "
+            "start with it, or a template whose answers start where its inference prompt ends.",
+        )
     return Check(
         "generation prompt",
         "fail",

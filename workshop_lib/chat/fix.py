@@ -180,7 +180,8 @@ def fix_template(
         return _per_answer(tokenizer, text, report, sample, notes)
     if blocking:
         why = "it fails " + ", ".join(blocking)
-        trl_file = _trl_file(_trl_candidate(tokenizer, text))
+        trl = _trl_candidate(tokenizer, text)
+        trl_file = _trl_file(trl) if trl and check_template(tokenizer, trl, sample).ok else None
         if trl_file:
             why += (
                 f". TRL has a training template for this family ({trl_file}), but it renders conversations "
@@ -237,8 +238,10 @@ def fix_template(
             # no markers can be placed safely: the labels can still come from the inference prompts
             try:
                 return _per_answer(tokenizer, text, report, sample, notes, f"no marker fix ({why[:160]})")
-            except TemplateError:
-                raise _refusal(text, report, why) from None
+            except TemplateError as e:
+                raise _refusal(
+                    text, report, f"{why}; one sample per answer does not work either: {e.args[1]}"
+                ) from None
     tokenizer.chat_template = text
     after = check_template(tokenizer, text, sample)
     if not after.ok:
@@ -256,7 +259,12 @@ def _per_answer(
     candidate = PER_ANSWER + text
     after = check_template(tokenizer, candidate, sample)
     if not after.ok:
-        raise _refusal(text, after, (why or "it is not prefix-stable") + "; one sample per answer fails too")
+        failed = "; ".join(c.detail for c in after.checks if c.status == "fail")[:400]
+        error = _refusal(
+            text, after, (why or "it is not prefix-stable") + f"; one sample per answer fails too: {failed}"
+        )
+        error.args = (*error.args, failed)
+        raise error
     n, tokens, whole = samples.cost([report.sample], tokenizer, candidate)
     where = position_dependent_lines(text)
     trl = _trl_file(_trl_candidate(tokenizer, text))
