@@ -7,7 +7,7 @@ answer, for templates that render earlier turns differently),
 `lengths` (what a max length would cut). Everything public is re-exported here: `chat.X`.
 """
 
-from .checks import NON_ASCII, TOOL_CALL, Check, CheckReport, check_template, conversation_set, probe
+from .checks import check_template
 from .encode import (
     SYSTEM_PROMPT_MODES,
     collate,
@@ -21,6 +21,7 @@ from .encode import (
 )
 from .fix import ensure_pad_token, fix_template, prepare_tokenizer, same_rendering
 from .lengths import LengthReport, length_report
+from .probe import NON_ASCII, TOOL_CALL, Check, CheckReport, conversation_set, probe
 from .samples import REASONING_KEYS, encode_per_answer, has_reasoning
 from .templates import (
     GENERATION_RE,

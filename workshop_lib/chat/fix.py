@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 
 from . import samples
-from .checks import TOOL_CALL, CheckReport, check_template, conversation_set, probe, written_before_answer
+from .checks import check_template
 from .encode import system_prompt_lost
+from .probe import TOOL_CALL, CheckReport, conversation_set, probe, written_before_answer
 from .rewrite import (
     add_generation_markers,
     answer_lines,
