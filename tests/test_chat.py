@@ -281,3 +281,63 @@ def test_prepare_tokenizer_refuses_without_replacing_silently(tok):
     with pytest.raises(chat.TemplateError, match="the assistant answer is written by:\n    line 1"):
         chat.prepare_tokenizer(tok)
     assert tok.chat_template.startswith("{% for m in messages %}")  # left as it was
+
+
+def test_not_prefix_stable_trains_one_sample_per_answer(tok):
+    """Qwen3 renders earlier answers without the thinking block it writes before the last one: each answer
+    is trained in its own sample, rendered as inference renders that turn; the report says so with the cost."""
+    from datasets import Dataset
+
+    tok.chat_template = (REAL / "qwen3.jinja").read_text()
+    report = chat.prepare_tokenizer(tok)
+    assert chat.per_answer(tok.chat_template) and report.ok, str(report)
+    cost = next(n for n in report.notes if "each answer is trained in its own sample" in n)
+    assert "last_query_index" in cost and "2 samples" in cost and "template: trl" in cost
+    enc = chat.encode([chat.SAMPLE], tok)
+    assert len(enc["input_ids"]) == 2
+    for k, (ids, labels) in enumerate(zip(enc["input_ids"], enc["labels"], strict=True)):
+        prompt = chat.render(chat.SAMPLE[: 2 * k + 2], tok, add_generation_prompt=True)  # up to user turn k
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        assert ids[: len(p)] == p and all(t == chat.IGNORE for t in labels[: len(p)])
+        trained = tok.decode([t for t in labels if t != chat.IGNORE])
+        assert trained == "<think>\n\n</think>\n\n" + chat.SAMPLE[2 * k + 2]["content"] + "<|im_end|>"
+    view = chat.token_view(chat.SAMPLE, tok)
+    assert view.starts == [0, len(enc["input_ids"][0])] and "sample 2 of 2" in view.text()
+    assert "sample 2 of 2" in view.html()
+    rows = [{"messages": chat.SAMPLE}, {"messages": chat.SAMPLE[:3]}]
+    lengths = chat.length_report(rows, tok)
+    assert len(lengths.lengths) == 3 and "3 samples from 2 conversations" in str(lengths)
+    assert len(chat.tokenize_dataset(Dataset.from_list(rows), tok)) == 3
+    # TRL's training template instead: one sample per conversation
+    tok.chat_template = (REAL / "qwen3.jinja").read_text()
+    report = chat.prepare_tokenizer(tok, template="trl")
+    assert not chat.per_answer(tok.chat_template) and any("template: trl" in n for n in report.notes)
+    assert len(chat.encode([chat.SAMPLE], tok)["input_ids"]) == 1
+    tok.chat_template = chat.load_template("zephyr")
+    with pytest.raises(chat.TemplateError, match="TRL has none"):
+        chat.prepare_tokenizer(tok, template="trl")
+
+
+def test_reasoning_is_trained_as_the_template_renders_it(tok):
+    """A reasoning field is rendered (or not) as the template does at inference: Qwen3 writes the last answer's
+    reasoning_content in its thinking block and drops earlier ones, so answer 1's reasoning is trained in
+    its own sample and is not in answer 2's context. A template that ignores the field trains the answers."""
+    think = [dict(m) for m in chat.SAMPLE]
+    think[2]["reasoning_content"], think[4]["reasoning_content"] = "otter swims.", "peach is sweet."
+    tok.chat_template = (REAL / "qwen3.jinja").read_text()
+    chat.prepare_tokenizer(tok)
+    enc = chat.encode([think], tok)
+    trained = [tok.decode([t for t in y if t != chat.IGNORE]) for y in enc["labels"]]
+    assert trained == [
+        "<think>\notter swims.\n</think>\n\nThe animal is otter.<|im_end|>",
+        "<think>\npeach is sweet.\n</think>\n\nThe fruit is peach.<|im_end|>",
+    ]
+    assert "otter swims." not in tok.decode(enc["input_ids"][1])
+    # a prefix-stable template with markers: conversations with reasoning fields go one sample per answer too
+    chat.apply_template(tok, "chatml")
+    chat.prepare_tokenizer(tok)
+    enc = chat.encode([think, chat.SAMPLE], tok)
+    assert len(enc["input_ids"]) == 3  # 2 samples for the conversation with reasoning, then 1
+    runs = [tok.decode([t for t in y if t != chat.IGNORE]) for y in enc["labels"]]
+    assert runs[:2] == ["The animal is otter.<|im_end|>", "The fruit is peach.<|im_end|>"]
+    assert enc["input_ids"][2] == chat.encode([chat.SAMPLE], tok)["input_ids"][0]

@@ -663,6 +663,33 @@ def test_family_trains_20_steps(fam, tiny_model_dir, shared_model, train_rows, t
     assert out.global_step == 20 and 0 < out.training_loss < 100, out
 
 
+def test_gpt_oss_end_tokens_and_thinking(tiny_model_dir):
+    """gpt-oss ends answers with <|end|> mid-conversation and <|return|> last (both trained), writes the
+    final-channel header itself (trained), and renders `thinking` for the last answer only: conversations
+    with thinking train each answer in its own sample, its analysis channel included."""
+    fam = next(f for f in FAMILIES if f.name == "gpt_oss")
+    tok = family_tokenizer(tiny_model_dir, fam)
+    report = chat.prepare_tokenizer(tok)
+    assert report.end_tokens == ["<|end|>", "<|return|>"], str(report)
+    plain = chat.encode([chat.SAMPLE], tok)
+    runs = _trained_runs(tok, plain["input_ids"][0], plain["labels"][0])
+    assert runs == [
+        "<|channel|>final<|message|>The animal is otter.<|end|>",
+        "<|channel|>final<|message|>The fruit is peach.<|return|>",
+    ]
+    think = [dict(m) for m in chat.SAMPLE]
+    think[2]["thinking"], think[4]["thinking"] = "otter swims.", "peach is sweet."
+    enc = chat.encode([think], tok)
+    trained = [tok.decode([t for t in y if t != chat.IGNORE]) for y in enc["labels"]]
+    assert trained == [
+        "<|channel|>analysis<|message|>otter swims.<|end|><|start|>assistant<|channel|>final<|message|>"
+        "The animal is otter.<|return|>",
+        "<|channel|>analysis<|message|>peach is sweet.<|end|><|start|>assistant<|channel|>final<|message|>"
+        "The fruit is peach.<|return|>",
+    ]
+    assert "otter swims." not in tok.decode(enc["input_ids"][1])  # dropped from later turns, as at inference
+
+
 if __name__ == "__main__":  # explore: python tests/test_chat_families.py
     from workshop_lib.model import build_tiny_model
 
