@@ -179,13 +179,20 @@ def strip_generation_markers(text: str) -> str:
     return _MARKER_TAGS_RE.sub("", text)
 
 
+_ROLE_TEST_RE = re.compile(r"\{%-?\s*(?:el)?if\b[^%]*role")
+_ASSISTANT_RE = re.compile(r"""==\s*['"](?:assistant|chatbot|model)['"]""")
+
+
 def answer_lines(text: str) -> list[str]:
-    """The template lines that output a message's content: where a hand-made fix would go."""
-    out = []
+    """The template lines that output a message's content: where a hand-made fix would go. Lines under a
+    role test for the assistant come first (a template writes user and system content with the same words)."""
+    mine, other, assistant = [], [], False
     for n, line in enumerate(text.splitlines(), 1):
+        if _ROLE_TEST_RE.search(line):
+            assistant = bool(_ASSISTANT_RE.search(line))
         if "{{" in line and "content" in line:
-            out.append(f"line {n}: {line.strip()[:120]}")
-    return out[:6]
+            (mine if assistant else other).append(f"line {n}: {line.strip()[:120]}")
+    return (mine + other)[:6]
 
 
 def position_dependent_lines(text: str) -> list[str]:
