@@ -192,3 +192,19 @@ def test_resume_continues_the_runs_own_recipe_and_checks_the_node_count_before_q
     # nothing to resume
     out = submit(cluster, runs, "--profile", "local", "--resume", "--name", "nope", "--dry-run")
     assert out.returncode == 2 and "nothing to resume" in out.stderr, out.stderr
+
+
+def test_the_rendezvous_port_is_chosen_free_below_the_ephemeral_range():
+    import socket
+
+    from workshop_lib import launch
+
+    job = 54321
+    derived = launch.master_port_for_job(job)
+    assert launch.PORTS.start <= derived < 32768  # never in Linux's ephemeral range (32768-60999)
+    with socket.socket() as holder:  # another program holds the derived port
+        holder.bind(("0.0.0.0", derived))
+        holder.listen()
+        chosen = launch.choose_master_port(job)
+    assert chosen != derived and launch.PORTS.start <= chosen < 32768 and launch.port_is_free(chosen)
+    assert launch.choose_master_port(job) == derived  # free again: the derived one

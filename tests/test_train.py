@@ -322,7 +322,12 @@ def test_topology_from_slurm_environment(monkeypatch):
 @pytest.mark.parametrize(
     "overrides, env, expect",
     [
-        ({"template": str(REPO_ROOT / "tests/templates/gemma.jinja")}, {}, "System role not supported"),
+        (  # system prompts kept on a template that refuses them (system_prompt auto would merge them)
+            {"template": str(REPO_ROOT / "tests/templates/gemma.jinja"), "system_prompt": "keep"},
+            {},
+            "System role not supported",
+        ),
+        ({"train_file": "BAD"}, {}, "no assistant turn"),
         (
             {"model": "someorg/not-cached"},
             {"HF_HUB_OFFLINE": "1"},
@@ -341,11 +346,15 @@ def test_a_failed_start_says_one_thing_and_leaves_no_run_folder(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     args = ["train", "recipes/tiny_cpu.yaml", "-p", "output_root", str(tmp_path), "-p", "run_name", "bad"]
+    args += ["-p", "max_steps", "1", "-p", "n_generate", "0"]  # short, should the check ever let it through
     for k, v in overrides.items():
-        args += ["-p", k, v]
+        if v == "BAD":
+            v = tmp_path / "bad.jsonl"
+            v.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+        args += ["-p", k, str(v)]
     assert cli.main(args) == 2
     err = [x for x in capsys.readouterr().err.strip().splitlines() if "%|" not in x]  # progress bars aside
-    assert len(err) == 1 and err[0].startswith("train: ") and expect in err[0], err
+    assert len(err) <= 2 and err[0].startswith("train: ") and expect in err[0], err  # what, and the fix
     assert not (tmp_path / "bad").exists()  # nothing to clean up: the same name works once fixed
 
 

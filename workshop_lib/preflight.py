@@ -80,8 +80,14 @@ def check(recipe: Recipe) -> tuple[Any, Any, Any]:
     try:
         train_ds, eval_ds, _ = build.datasets(recipe, tokenizer)
     except (DataError, TemplateError, FileNotFoundError) as e:
-        raise StartError(str(e)) from None
+        raise StartError(_two_lines(str(e))) from None
     return tokenizer, train_ds, eval_ds
+
+
+def _two_lines(text: str) -> str:
+    """What went wrong (the first line) and the fix (the last): a data report's middle lines are counts."""
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    return "\n".join(lines[:1] + lines[-1:]) if len(lines) > 2 else "\n".join(lines)
 
 
 def _model_message(model: str, e: Exception, offline: bool) -> str:
