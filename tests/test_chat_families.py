@@ -631,7 +631,16 @@ def test_family_template_checked_and_fixed(fam, tiny_model_dir):
         assert [r.lstrip() for r in runs] == expected, runs
 
 
-@pytest.mark.parametrize("fam", [f for f in FAMILIES if f.train], ids=lambda f: f.name)
+# one family per path in the fast tier (TRL's template, the kit's markers, merged system prompts, one sample per
+# answer, eos trained at the end); every family in the slow tier
+FAST_TRAIN = ("llama3", "qwen2_5", "mistral_v0_3_tools", "qwen3", "phi3")
+
+
+@pytest.mark.parametrize(
+    "fam",
+    [f if f.name in FAST_TRAIN else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES if f.train],
+    ids=lambda f: f.name,
+)
 def test_family_trains_20_steps(fam, tiny_model_dir, shared_model, train_rows, tmp_path):
     """Twenty steps of real training on what chat.tokenize_dataset gives (what the kit's trainer gets)."""
     from datasets import Dataset
