@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from . import build
 from .chat.templates import TemplateError
 from .data.problems import DataError
+from .model import resolve_model
 from .recipe import Recipe, RecipeError
 
 PROBE_S = 3.0
@@ -67,9 +68,7 @@ def check(recipe: Recipe) -> tuple[Any, Any, Any]:
     as training takes them. Raises StartError (foreseen, one message) before anything is written."""
     offline = hub_offline() if _is_hub_id(str(recipe.model)) else False
     try:
-        from transformers import AutoConfig
-
-        from .model import resolve_model
+        from transformers import AutoConfig  # heavy: imported when a run starts, not with the CLI
 
         AutoConfig.from_pretrained(resolve_model(recipe.model))
         tokenizer, _ = build.tokenizer(recipe)

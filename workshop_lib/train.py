@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import launch, preflight, progress, runfolder, worker
+from . import build, launch, modelcard, preflight, progress, runfolder, scoring, worker
 from .control import this_node_rank
 from .recipe import Recipe, RecipeError, load_recipe
 from .submit import parse_value
@@ -41,8 +41,6 @@ def launch_workers(
     every local rank's in `.ranks`.
     """
     if recipe.world_size > 1 and prepared is None:  # tokenize once here, not once per worker
-        from . import build
-
         tokenizer, _ = build.tokenizer(recipe)
         prepared = (tokenizer, *build.datasets(recipe, tokenizer)[:2])
     start = launch.start_method() if recipe.world_size > 1 else None
@@ -107,8 +105,6 @@ def train_saved(recipe: Recipe, log_dir: str, tokenizer, folder: str) -> TrainRe
 
 def record(recipe: Recipe, result: TrainResult) -> None:
     """Node 0 records the try (tries.jsonl) and, for a finished run, result.json and the model card."""
-    from . import modelcard
-
     if runfolder.is_node_zero(recipe):
         runfolder.record_try(recipe.run_dir, result, recipe.trl.get("gradient_accumulation_steps"))
         if not result.preempted:
@@ -125,8 +121,6 @@ def record_scores(
 ) -> None:
     """Add held-out exact match before/after (and, for DPO, the preference scores before/after) to a
     finished run's result.json and model card (node 0)."""
-    from . import modelcard, scoring
-
     if runfolder.is_node_zero(recipe) and not result.preempted:
         scores = {**scoring.summary(before, after), **scoring.preference_summary(*preference)}
         runfolder.write_result(recipe.run_dir, {**result.to_dict(), **scores})
@@ -135,8 +129,6 @@ def record_scores(
 
 def run(recipe: Recipe) -> TrainResult:
     """fit, then (node 0, finished runs) score held-out answers before and after and write result.json."""
-    from . import build, scoring
-
     result = fit(recipe)
     if (
         result.preempted
