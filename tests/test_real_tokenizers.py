@@ -205,3 +205,47 @@ def test_tiny_model_with_real_vocabulary_trains(real, tmp_path):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert out.global_step == 3 and len(losses) == 3, trainer.state.log_history
     assert losses[-1] < losses[0], losses  # a real vocabulary, random weights: the loss must fall
+
+
+@pytest.mark.slow
+def test_train_command_with_a_real_vocabulary_and_the_bundled_data(tmp_path):
+    """The `train` command on a random-weight model with Mistral's real v3 vocabulary and the v0.3 template,
+    on the bundled data (a third of it has system prompts, which v0.3 drops): they are merged, as the report
+    says once, and the run finishes (before issue 22 it failed after the run folder existed)."""
+    real = REALS[1]
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_dir = tmp_path / "model"
+    tok = real_tokenizer(real)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    cmd = [sys.executable, "-m", "workshop_lib", "train", "recipes/tiny_cpu.yaml", "-p", "run_name", "real"]
+    settings = {"model": model_dir, "output_root": tmp_path / "runs", "max_steps": 3, "n_generate": 2}
+    settings |= {"per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 3, "eval_strategy": "no"}
+    settings |= {"eval_file": None}
+    for k, v in settings.items():
+        cmd += ["-p", k, str(v)]
+    root = Path(__file__).parent.parent
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "finished at step 3/3" in proc.stdout, proc.stdout[-2000:]
+    tok = real_tokenizer(real)
+    report = chat.prepare_tokenizer(tok)
+    said = [n for n in report.notes if "system_prompt: auto" in n]
+    assert len(said) == 1 and ("merged" if real.system == "merge" else "kept") in said[0]
