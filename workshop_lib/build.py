@@ -58,9 +58,9 @@ def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
     DPO: prompt/chosen/rejected conversations, which DPOTrainer tokenizes with the chat template itself.
     """
     if KINDS[recipe.trainer].data == "preference":
-        return _preference_datasets(recipe)
+        return _preference_datasets(recipe, tokenizer)
     if KINDS[recipe.trainer].data == "prompts":
-        return _prompt_datasets(recipe)
+        return _prompt_datasets(recipe, tokenizer)
     sft = recipe.trl
     cut = sft.get("max_length") if sft.get("padding_free") and not sft.get("packing") else None
 
@@ -83,11 +83,12 @@ def datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
     return train_ds, (prepare(eval_rows) if eval_rows else None), eval_rows
 
 
-def _preference_datasets(recipe: Recipe) -> tuple[Any, Any, list[dict]]:
+def _preference_datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
     seed = int(recipe.trl.get("seed", 0))
+    merge = chat.resolve_system_prompt(tokenizer, recipe.system_prompt) == "merge"
 
     def prepare(found: list[dict]):
-        if recipe.system_prompt == "merge":
+        if merge:
             found = [{**p, "prompt": chat.merge_system_prompt(p["prompt"])} for p in found]
         return data.to_dataset(found)
 
@@ -96,7 +97,7 @@ def _preference_datasets(recipe: Recipe) -> tuple[Any, Any, list[dict]]:
     return prepare(train_rows), (prepare(eval_rows) if eval_rows else None), eval_rows
 
 
-def _prompt_datasets(recipe: Recipe) -> tuple[Any, Any, list[dict]]:
+def _prompt_datasets(recipe: Recipe, tokenizer) -> tuple[Any, Any, list[dict]]:
     """GRPO: every assistant turn of the conversations becomes a prompt with its reference answer; the held-out
     conversations are returned whole for exact match before and after."""
     from .data.prompts import to_prompts
@@ -104,7 +105,7 @@ def _prompt_datasets(recipe: Recipe) -> tuple[Any, Any, list[dict]]:
     seed = int(recipe.trl.get("seed", 0))
 
     def prepare(found: list[dict]):
-        prompts = to_prompts([{"messages": as_trained(recipe, c["messages"])} for c in found])
+        prompts = to_prompts([{"messages": as_trained(recipe, c["messages"], tokenizer)} for c in found])
         return data.to_dataset(prompts)
 
     train_rows = rows(recipe.train_file, seed)
@@ -226,10 +227,14 @@ def lora_config(recipe: Recipe, model=None):
     return LoraConfig(**kwargs)
 
 
-def as_trained(recipe: Recipe, messages: list[dict]) -> list[dict]:
-    """One conversation as training sees it (system prompt merged when the recipe says so): what the token
-    view in notebook 03 shows."""
-    return chat.merge_system_prompt(messages) if recipe.system_prompt == "merge" else messages
+def as_trained(recipe: Recipe, messages: list[dict], tokenizer=None) -> list[dict]:
+    """One conversation as training sees it (system prompt merged when the recipe says so, or, with
+    system_prompt: auto, when the tokenizer's template drops or rejects it): what the token view in notebook
+    03 shows."""
+    mode = recipe.system_prompt
+    if tokenizer is not None:
+        mode = chat.resolve_system_prompt(tokenizer, mode)
+    return chat.merge_system_prompt(messages) if mode == "merge" else messages
 
 
 def trl_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
