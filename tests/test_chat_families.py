@@ -374,6 +374,19 @@ FAMILIES = [
         train=False,
     ),
     Family(
+        "command_r7b_tool_use",
+        "command_r7b_tool_use.jinja",
+        "<|END_OF_TURN_TOKEN|>",
+        "<BOS_TOKEN>",
+        "<PAD>",
+        specials=COHERE2,
+        eot="<|END_RESPONSE|>",
+        fix="answer",  # the answer is raw template text between tags: no marker fits; it always appends a header
+        written_first="<|START_RESPONSE|>",
+        trained_after_eot="<|END_OF_TURN_TOKEN|>",
+        train=False,
+    ),
+    Family(
         "qwen3_2507",
         "qwen3_2507.jinja",
         "<|im_end|>",
@@ -610,7 +623,7 @@ def test_family_template_checked_and_fixed(fam, tiny_model_dir):
 
     # 3. the mask covers each answer and its end-of-turn token exactly
     merge = fam.system in ("rejects", "drops")
-    eot = report.end_of_turn or fam.eot
+    eot = report.end_of_turn if fam.fix == "refuse" else fam.eot  # refused: the template chosen instead
     accepted = _accepted(tok.chat_template, tok)
     convs = [chat.merge_system_prompt(c) if merge else c for c, gen, _ in accepted if not gen]
     convs = [c for c in convs if c[-1]["role"] == "assistant"]

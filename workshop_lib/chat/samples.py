@@ -30,7 +30,7 @@ def encode_per_answer(
     (add_generation_prompt=True): the answer as the template writes it and its end-of-turn token, trailing
     whitespace excluded; earlier answers are context. `conversation` says which conversation each came from.
     """
-    fulls, starts, where = [], [], []
+    fulls, starts, ends, where = [], [], [], []
     for i, conv in enumerate(batch):
         for k, m in enumerate(conv):
             if m.get("role") != "assistant":
@@ -52,6 +52,7 @@ def encode_per_answer(
             refuse_dropped_content([conv[: k + 1]], [full], i)
             fulls.append(full)
             starts.append(len(prompt))
+            ends.append(_answer_end(tokenizer, full, prompt))
             where.append(i)
     if len(set(where)) < len(batch):
         missing = next(i for i in range(len(batch)) if i not in where)
@@ -65,11 +66,24 @@ def encode_per_answer(
             e = tokenizer(f, add_special_tokens=False, return_offsets_mapping=True)
             encs.append((e["input_ids"], e["offset_mapping"]))
     ids, labels = [], []
-    for full, start, (x, offsets) in zip(fulls, starts, encs, strict=True):
-        end = len(full.rstrip())
+    for start, end, (x, offsets) in zip(starts, ends, encs, strict=True):
         ids.append(list(x))
         labels.append([t if b > start and a < end else IGNORE for t, (a, b) in zip(x, offsets, strict=True)])
     return ids, labels, where
+
+
+def _answer_end(tokenizer, full: str, prompt: str) -> int:
+    """Where the answer's labels end: the end of the rendering, without trailing whitespace and without what
+    every rendering ends with (Command R7B's tool-use template always appends the next turn's header)."""
+    n = 0
+    while n < min(len(full), len(prompt)) and full[-1 - n] == prompt[-1 - n]:
+        n += 1
+    tail = full[len(full) - n :].lstrip()
+    specials = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+    first = max((t for t in specials if t and tail.startswith(t)), key=len, default=None)
+    if n and first:  # the shared ending starts with the answer's own end token: keep that one
+        full = full[: len(full) - len(tail) + len(first)]
+    return len(full.rstrip())
 
 
 def refuse_dropped_content(batch: list[list[dict]], rendered: list[str], first: int = 0) -> None:
