@@ -712,6 +712,19 @@ def test_gpt_oss_end_tokens_and_thinking(tiny_model_dir):
     assert "otter swims." not in tok.decode(enc["input_ids"][1])  # dropped from later turns, as at inference
 
 
+def test_tool_calls_are_trained_with_their_end_token(tiny_model_dir):
+    """A tool call is an answer too: conversations with tool calls are trained one sample per answer, so the
+    call the template writes (Llama 3.1: a JSON object) and its end token are trained, not only text answers."""
+    fam = next(f for f in FAMILIES if f.name == "llama3_1")
+    tok = family_tokenizer(tiny_model_dir, fam)
+    chat.prepare_tokenizer(tok)
+    enc = chat.encode([chat.TOOL_CALL], tok)
+    trained = [tok.decode([t for t in y if t != chat.IGNORE]) for y in enc["labels"]]
+    assert len(trained) == 2 and trained[1] == "It is -12 C and snowing in Oulu.<|eot_id|>"
+    assert '"name": "weather"' in trained[0] and '"Oulu"' in trained[0] and trained[0].endswith("<|eot_id|>")
+    assert "What is the weather" not in trained[0] and "-12 C, snow" not in trained[0]
+
+
 if __name__ == "__main__":  # explore: python tests/test_chat_families.py
     from workshop_lib.model import build_tiny_model
 

@@ -15,8 +15,13 @@ REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 
 
 def has_reasoning(conv: list[dict]) -> bool:
-    """True if an assistant turn carries reasoning (encode trains such conversations one sample per answer)."""
-    return any(m.get("role") == "assistant" and any(m.get(k) for k in REASONING_KEYS) for m in conv)
+    """True if an assistant turn carries reasoning or tool calls: encode trains such conversations one sample
+    per answer, so that what the template writes for them (often only for the last turn, or outside any
+    marker: a tool call and its end token, Llama 3.1's <|eom_id|>) is trained as inference renders it."""
+    return any(
+        m.get("role") == "assistant" and (m.get("tool_calls") or any(m.get(k) for k in REASONING_KEYS))
+        for m in conv
+    )
 
 
 def encode_per_answer(
