@@ -240,9 +240,13 @@ def fix_template(
             try:
                 return _per_answer(tokenizer, text, report, sample, notes, f"no marker fix ({why[:160]})")
             except TemplateError as e:
-                raise _refusal(
-                    text, report, f"{why}; one sample per answer does not work either: {e.args[1]}"
-                ) from None
+                why += f"; one sample per answer does not work either: {e.args[1]}"
+                if trl is not None and check_template(tokenizer, trl, sample).ok:
+                    why += (
+                        f". TRL's training template for this family ({_trl_file(trl)}) passes every check but renders "
+                        "conversations differently from the model's own: to train with it, set template: trl"
+                    )
+                raise _refusal(text, report, why) from None
     tokenizer.chat_template = text
     after = check_template(tokenizer, text, sample)
     if not after.ok:
