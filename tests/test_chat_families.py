@@ -458,6 +458,7 @@ FAMILIES = [
         added=["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
         eot="<|user|>",  # no end token: the next turn's role token follows
         fix="refuse",  # answers end with no token at all: GLM stops on the next turn's <|user|>
+        written_first="<think></think>\n",  # with TRL's template (template: trl), which writes <|user|> last
         refusal="without a special end-of-turn token",
         train=False,
     ),
