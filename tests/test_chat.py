@@ -341,3 +341,20 @@ def test_reasoning_is_trained_as_the_template_renders_it(tok):
     runs = [tok.decode([t for t in y if t != chat.IGNORE]) for y in enc["labels"]]
     assert runs[:2] == ["The animal is otter.<|im_end|>", "The fruit is peach.<|im_end|>"]
     assert enc["input_ids"][2] == chat.encode([chat.SAMPLE], tok)["input_ids"][0]
+
+
+def test_content_the_template_transforms_is_labelled_as_written(tok):
+    """A template that writes `content.strip()` (Command R7B's family, SmolLM3's `lstrip`): the labels are the
+    text the template writes, not the message as given."""
+    tok.chat_template = (
+        "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' + m.content.strip() + '<|im_end|>\\n' }}"
+        "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+    report = chat.prepare_tokenizer(tok)
+    assert any("wrapped each assistant answer" in n for n in report.notes), str(report)
+    conv = [
+        {"role": "user", "content": "  Which is the animal?\n"},
+        {"role": "assistant", "content": "\n The otter.  "},
+    ]
+    enc = chat.encode([conv], tok)
+    assert tok.decode([t for t in enc["labels"][0] if t != chat.IGNORE]) == "The otter.<|im_end|>"
