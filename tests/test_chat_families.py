@@ -463,6 +463,17 @@ FAMILIES = [
         train=False,
     ),
     Family(
+        "granite3_3",
+        "granite3_3.jinja",
+        "<|end_of_text|>",
+        "<|end_of_text|>",
+        "<|pad|>",
+        specials=["<|end_of_text|>", "<|pad|>", "<|start_of_role|>", "<|end_of_role|>", "<|tool_call|>"],
+        default_system=True,
+        eot="<|end_of_text|>",
+        train=False,
+    ),
+    Family(
         "mistral_small_3_1",
         "mistral_small_3_1.jinja",
         "</s>",
