@@ -1,10 +1,10 @@
 """Chat templates made visible: render, tokenize + label, show, check and fix, measure lengths.
 
 One concern per module: `templates` (bundled templates, load, render), `encode` (labels exactly as
-training computes them, system-prompt merging, batching), `view` (token by token), `checks` (each
-check a small function), `rewrite` + `fix` (pad token, making a model's template training-ready), `samples` (one sample per
-answer, for templates that render earlier turns differently),
-`lengths` (what a max length would cut). Everything public is re-exported here: `chat.X`.
+training computes them, system-prompt merging, batching), `samples` (one sample per answer, for templates
+that render earlier turns differently), `view` (token by token), `probe` (what a template accepts, the
+report types), `checks` (each check a small function), `rewrite` + `fix` (pad token, making a model's
+template training-ready), `lengths` (what a max length would cut). Everything public is `chat.X`.
 """
 
 from .checks import check_template
