@@ -127,8 +127,9 @@ def preempt(cluster, out_root, name, job, points):
 
 
 @pytest.fixture(scope="module")
-def jobs(cluster, tmp_path_factory):
-    """The long jobs, submitted together: 2- and 3-node references and their preempted twins, SFT and DPO."""
+def jobs(cluster, tmp_path_factory, quick):
+    """The long jobs, submitted together: 2- and 3-node references and their preempted twins, SFT and DPO
+    (after the quick jobs, which then run while these start)."""
     root = tmp_path_factory.mktemp("jobs")
     submitted = {}
     for name, nodes, launcher, recipe, params in (
