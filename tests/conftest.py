@@ -69,3 +69,20 @@ def short_sft_run(tmp_path_factory, tiny_model_dir):
     )
     train.fit(r)
     return r.run_dir
+
+
+@pytest.fixture(scope="session")
+def brief_sft_run(tmp_path_factory, tiny_model_dir):
+    """A briefly trained SFT run (100 steps: about half the held-out answers right), what DPO and GRPO start
+    from in their tests: room to improve, and right often enough to learn from."""
+    from workshop_lib import recipe, train
+
+    root = tmp_path_factory.mktemp("brief-sft")
+    r = recipe.load_recipe(
+        "recipes/tiny_cpu.yaml",
+        overrides=dict(
+            run_name="sft", output_root=str(root), max_steps=100, n_generate=0, eval_strategy="no"
+        ),
+    )
+    train.fit(r)
+    return r.run_dir

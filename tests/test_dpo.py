@@ -100,21 +100,9 @@ def test_a_recipe_says_which_config_its_keys_belong_to():
 
 
 @pytest.fixture(scope="module")
-def sft_model(tmp_path_factory):
+def sft_model(brief_sft_run):
     """A briefly SFT-trained tiny model: what DPO starts from (half its held-out answers right)."""
-    root = tmp_path_factory.mktemp("sft")
-    recipe = load_recipe(
-        "recipes/tiny_cpu.yaml",
-        overrides={
-            "run_name": "sft",
-            "output_root": str(root),
-            "max_steps": 100,
-            "n_generate": 0,
-            "eval_strategy": "no",
-        },
-    )
-    train.fit(recipe)
-    return root / "sft" / "final"
+    return brief_sft_run / "final"
 
 
 def dpo_recipe(tmp_path, sft_model, **overrides):

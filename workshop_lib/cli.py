@@ -48,7 +48,7 @@ def _doctor(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from . import demo, failures, jobenv, modelcard, plan, push, submit, train
+    from . import demo, failures, jobenv, kernel, lab, modelcard, plan, prefetch, push, submit, train
     from .data import command as data_command
 
     ap = argparse.ArgumentParser(prog="python -m workshop_lib", description=__doc__)
@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     jobenv.register(sub)
     modelcard.register(sub)
     push.register(sub)
+    prefetch.register(sub)
+    kernel.register(sub)
+    lab.register(sub)
     p = sub.add_parser("plot", help="loss curves and summary of run folders")
     p.add_argument("runs", nargs="+", help="run folders or globs (quote them: 'runs/sweep-*')")
     p.add_argument(

@@ -1,0 +1,43 @@
+"""GRPO for real on the tiny model: the recipe's checks, and the worker path (2 processes, DDP) trains one model with GRPO's own metrics recorded."""
+
+import pytest
+
+from workshop_lib import build, train
+from workshop_lib.recipe import RecipeError, load_recipe
+
+pytestmark = pytest.mark.slow  # GRPO samples answers every step: make test and CI run it
+
+
+def test_a_grpo_recipe_checks_its_keys_and_rewards():
+    with pytest.raises(RecipeError, match="'corect' is not one of correct, well_formed, short"):
+        load_recipe("recipes/tiny_grpo.yaml", overrides={"rewards": ["corect"]})
+    with pytest.raises(RecipeError, match="rewards are GRPO's reward functions, but trainer is sft"):
+        load_recipe("recipes/tiny_cpu.yaml", overrides={"rewards": ["correct"]})
+    with pytest.raises(
+        RecipeError, match="'padding_free' is a SFTConfig key, but this recipe has trainer: grpo"
+    ):
+        load_recipe("recipes/tiny_grpo.yaml", overrides={"padding_free": True})
+    r = load_recipe("recipes/tiny_grpo.yaml")
+    assert [f.__name__ for f in build.reward_funcs(r)] == ["correct", "well_formed"]
+    assert r.trl["num_generations"] == 8 and r.trl["beta"] == 0.0
+
+
+def test_grpo_on_two_processes_trains_one_model(tmp_path, brief_sft_run):
+    recipe = load_recipe(
+        "recipes/tiny_grpo.yaml",
+        overrides={
+            "model": str(brief_sft_run / "final"),
+            "output_root": str(tmp_path),
+            "run_name": "grpo-ddp",
+            "nproc_per_node": 2,
+            "max_steps": 3,
+            "per_device_train_batch_size": 16,
+            "num_generations": 4,
+            "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 40}],
+            "n_generate": 0,
+            "logging_steps": 1,
+        },
+    )
+    result = train.fit(recipe)
+    assert result.group_size == 2 and len({r.param_digest for r in result.ranks.values()}) == 1
+    assert (tmp_path / "grpo-ddp" / "final" / "model.safetensors").exists()
