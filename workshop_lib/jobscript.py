@@ -71,7 +71,7 @@ def _module_line(entry: str) -> str:
     return f"module {entry}" if word in ("use", "unuse", "purge") else f"module load {entry}"
 
 
-def _setup_lines(profile: dict) -> str:
+def setup_lines(profile: dict) -> str:
     way = route(profile)
     lines = [f"# from {profile['_path']} (its comments say why)"]
     if profile.get("routes"):
@@ -102,7 +102,7 @@ def _setup_lines(profile: dict) -> str:
     return "\n".join(lines) or "true"
 
 
-def _python(profile: dict) -> str:
+def python_command(profile: dict) -> str:
     venv = Path(profile.get("venv") or ".venv")
     python = str(venv if venv.is_absolute() else REPO_ROOT / venv) + "/bin/python"
     if route(profile)["image"]:
@@ -135,8 +135,8 @@ def render(profile: dict, fields: dict[str, str], n_tasks: int = 0) -> str:
         "SIGNAL_S": str(profile.get("signal_before_end_s", 300)),
         "HANG_REQUEUES": str(profile.get("hang_requeues", HANG_REQUEUES)),
         "REPO": str(REPO_ROOT),
-        "SETUP": _setup_lines(profile),
-        "PYTHON": _python(profile),
+        "SETUP": setup_lines(profile),
+        "PYTHON": python_command(profile),
     }
     fields.setdefault("NOTEBOOK", notebook_for("sft"))
     text = TEMPLATE.read_text()

@@ -19,9 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .jobscript import SubmitError, load_profile
-from .jobscript import _python as python_command  # the job script's own rendering, shared
-from .jobscript import _setup_lines as setup_lines
+from .jobscript import (  # the job script's own environment
+    SubmitError,
+    load_profile,
+    python_command,
+    setup_lines,
+)
 
 PREFIX = "workshop-kit"  # kernel names start with it: `kernel list` shows only the kit's
 

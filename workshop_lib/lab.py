@@ -22,9 +22,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .jobscript import SubmitError, load_profile
-from .jobscript import _python as python_command
-from .jobscript import _setup_lines as setup_lines
+from .jobscript import (  # the job script's own environment
+    SubmitError,
+    load_profile,
+    python_command,
+    setup_lines,
+)
 from .paths import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "slurm" / "lab.sbatch"
