@@ -226,5 +226,11 @@ def test_05_defaults_after_the_demo_run_all_twice_and_a_clear_refusal_first(trai
         ]
         bar_text = "".join(o.text for o in bars)
         assert "Loading weights" not in bar_text  # one progress display, not one bar per model
-        assert bar_text.count("answering (base, then fine-tuned): 100%") == 1 and "8/8" in bar_text
+        # one bar for both models: it starts once and ends at 8/8 (tqdm may draw its final state twice: on the
+        # last update and again on close, depending on timing, so the end is not counted)
+        assert (
+            bar_text.count("answering (base, then fine-tuned):   0%") == 1
+            and "100%" in bar_text
+            and "8/8" in bar_text
+        )
         assert "exact match on 4 held-out conversations" in text
