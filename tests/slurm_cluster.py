@@ -93,7 +93,7 @@ class LocalSlurm:
             "SchedulerParameters=batch_sched_delay=0,sched_interval=2,bf_interval=2",
             "MailProg=/bin/true",
             "ReturnToService=2",
-            "MinJobAge=600",
+            "MinJobAge=3600",  # a record outlives the whole test session (a purged job is "Invalid job id")
             "KillWait=5",
             "SlurmdParameters=config_overrides",
             "SlurmctldTimeout=30",

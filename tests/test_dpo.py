@@ -145,31 +145,3 @@ def test_dpo_with_lora_on_two_processes(tmp_path, sft_model):
     assert len({r.param_digest for r in result.ranks.values()}) == 1  # both ranks hold the same weights
     assert (recipe.run_dir / "final" / "adapter_config.json").exists()
     assert "eval_rewards/accuracies" in result.eval_metrics
-
-
-# 160 training pairs (10 steps of 16) and 40 held-out ones: DPOTrainer renders and tokenizes every pair
-SMALL_PAIRS = """
-train_file: [{path: data/synthetic/pairs_train.jsonl, max_rows: 160}]
-eval_file: [{path: data/synthetic/pairs_eval.jsonl, max_rows: 40}]
-"""
-
-
-@pytest.mark.slow
-def test_06_preference_tuning_notebook(tmp_path, sft_model):
-    out = tmp_path / "06.ipynb"
-    cmd = [sys.executable, "-m", "papermill", "notebooks/06_preference_tuning.ipynb", str(out)]
-    for k, v in {"model": sft_model, "output_root": tmp_path, "run_name": "nb06", "max_steps": 10}.items():
-        cmd += ["-p", k, str(v)]
-    cmd += ["-y", SMALL_PAIRS]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = out.read_text()
-    for shown in (
-        "160 training pairs, 40 held-out pairs",
-        "DPOConfig keyword",
-        "before DPO: preference accuracy",
-        "reward margin (vs reference)",
-    ):
-        assert shown in text
-    r = json.loads((tmp_path / "nb06" / "result.json").read_text())
-    assert r["global_step"] == 10 and "preference_accuracy_after" in r and "exact_match_after" in r

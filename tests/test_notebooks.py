@@ -127,33 +127,6 @@ def papermill_03(out, **params):
 
 
 @pytest.mark.slow
-def test_03_train_in_process_builds_the_trl_objects_step_by_step(tmp_path):
-    out = tmp_path / "03.ipynb"
-    proc = subprocess.run(
-        papermill_03(out, output_root=tmp_path, max_steps=10), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Passed unknown parameter" not in proc.stderr  # every parameter papermill sets is declared
-    text, kinds = outputs(out)
-    assert "recipe file" in text or "text/html" in kinds  # the recipe table: where each value comes from
-    for shown in ("LlamaForCausalLM", "method full: every weight is trained", "step    10/10"):
-        assert shown in text, shown
-    assert "held-out exact match: before 0.0% -> after" in text and "Setting accelerator" not in text
-    assert "application/vnd.jupyter.widget-view+json" not in kinds  # no progress-bar widgets left in the file
-    (run,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("demo-")]  # a fresh run name
-    result = json.loads((run / "result.json").read_text())
-    assert result["global_step"] == 10 and result["exact_match_n"] == 8 and result["tries"] == 1
-    # run again with the same name: one short message that says what exists and what to do, no traceback
-    again = subprocess.run(
-        papermill_03(tmp_path / "again.ipynb", output_root=tmp_path, run_name=run.name, max_steps=10),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert again.returncode != 0 and "resume = True" in again.stderr and "run_name = None" in again.stderr
-
-
-@pytest.mark.slow
 def test_03_train_lora_shows_the_lora_config(tmp_path):
     out = tmp_path / "03.ipynb"
     cmd = papermill_03(out, output_root=tmp_path, run_name="lora03", method="lora", max_steps=4)
@@ -177,16 +150,38 @@ def test_03_train_a_name_that_is_no_recipe_key_is_refused_before_anything_is_wri
 
 
 @pytest.mark.slow
-def test_03_train_two_processes_ddp(tmp_path):
+def test_03_train_two_processes_ddp_and_the_same_name_again(tmp_path):
+    """Notebook 03 under papermill, full weights on two processes (the in-process path runs in the notebook-loop
+    and browser tests); then the same run name again: one short message, nothing overwritten."""
     out = tmp_path / "03.ipynb"
-    cmd = papermill_03(out, output_root=tmp_path, run_name="nb-ddp", nproc_per_node=2, max_steps=10)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        papermill_03(out, output_root=tmp_path, nproc_per_node=2, max_steps=10),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    text, _ = outputs(out)
-    assert "step    10/10" in text and "held-out exact match" in text and "def train(" in text
+    assert "Passed unknown parameter" not in proc.stderr  # every parameter papermill sets is declared
+    text, kinds = outputs(out)
+    assert "recipe file" in text or "text/html" in kinds  # the recipe table: where each value comes from
+    for shown in ("step    10/10", "def train("):  # the workers' own function, shown
+        assert shown in text, shown
+    assert "held-out exact match: before 0.0% -> after" in text and "Setting accelerator" not in text
+    assert "application/vnd.jupyter.widget-view+json" not in kinds  # no progress-bar widgets left in the file
     assert "attempted to send message from fork" not in proc.stderr + text
-    result = json.loads((tmp_path / "nb-ddp" / "result.json").read_text())
-    assert result["world_size"] == 2 and result["group_size"] == 2 and "exact_match_after" in result
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name.startswith("demo-")]  # a fresh run name
+    result = json.loads((run / "result.json").read_text())
+    assert result["world_size"] == 2 and result["group_size"] == 2 and result["global_step"] == 10
+    assert result["exact_match_n"] == 8 and result["tries"] == 1
+    # run again with the same name: one short message that says what exists and what to do, no traceback
+    again = subprocess.run(
+        papermill_03(tmp_path / "again.ipynb", output_root=tmp_path, run_name=run.name, max_steps=10),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode != 0 and "resume = True" in again.stderr and "run_name = None" in again.stderr
+    assert json.loads((run / "result.json").read_text()) == result  # nothing overwritten
 
 
 @pytest.mark.slow

@@ -84,6 +84,30 @@ def real_tokenizer(real: Real):
     return tok
 
 
+def save_tiny_model(real: Real, folder: Path) -> Path:
+    """A random-weight tiny Llama with the real vocabulary and the family's published template, saved as a
+    model folder (what a participant's own model looks like to the kit)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = real_tokenizer(real)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def conversations() -> list[list[dict]]:
     rows = [json.loads(line)["messages"] for line in BUNDLED.read_text().splitlines()[:24]]
     multi = [chat.SAMPLE, chat.SAMPLE[1:], [chat.SAMPLE[0], *chat.NON_ASCII], chat.NON_ASCII]
@@ -216,25 +240,7 @@ def test_train_command_with_a_real_vocabulary_and_the_bundled_data(tmp_path):
     import subprocess
     import sys
 
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    model_dir = tmp_path / "model"
-    tok = real_tokenizer(real)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(model_dir)
-    tok.save_pretrained(model_dir)
+    model_dir = save_tiny_model(real, tmp_path / "model")
     cmd = [sys.executable, "-m", "workshop_lib", "train", "recipes/tiny_cpu.yaml", "-p", "run_name", "real"]
     settings = {"model": model_dir, "output_root": tmp_path / "runs", "max_steps": 3, "n_generate": 2}
     settings |= {"per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 3, "eval_strategy": "no"}

@@ -1,8 +1,14 @@
 """workshop_lib: the small library behind the fine-tuning workshop notebooks.
 
-One module per job: data (raw files -> validated messages), model (offline tiny model, any model),
-chat (templates, masks, token views), recipe, train, launch, generate, plots, widgets, export,
-plan, doctor, submit, cli.
+One module per job, in the order a participant meets them:
+- data, chat: raw rows -> validated messages (or pairs, prompts); chat templates, masks, token views
+- model, recipe, params, trainers, plan, preflight: the model, one recipe vocabulary (SFTConfig, DPOConfig,
+  GRPOConfig and LoraConfig keys), a notebook's parameters cell, the trainer kinds, sizing, start checks
+- build, callbacks, rewards, worker, launch, train, runfolder, control, watchdog, failures: TRL objects from a
+  recipe, the training worker, its processes and nodes, the run folder, stop/resume, hangs and root causes
+- progress, plots, widgets, runs, scoring, generate, export, modelcard, push: following and judging a run
+- submit, jobscript, jobenv, lab, kernel, prefetch, doctor, demo, cli: Slurm jobs, JupyterLab on a node,
+  the offline hub cache, environment checks, the demo pipeline, the command line
 """
 
 import os

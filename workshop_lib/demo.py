@@ -45,6 +45,7 @@ def run_notebook(
         progress_bar=False,
         log_output=log_output,
         execution_timeout=cell_timeout_s,
+        start_timeout=600,  # papermill's 60 s is short for a first import on a busy machine
     )
     return out
 

@@ -353,7 +353,7 @@ def run(
     print(f"launch: {watchdog.auto_limit_text(hang_timeout_s)}")
     # torch elastic reports only the first failed worker it polls: a watcher records every worker's death
     watcher = failures.ExitWatcher(failure_dir, Path(state) / "pids", top.node_rank) if failure_dir else None
-    dog = watchdog.Watchdog(state, failure_dir, top.node_rank, hang_timeout_s)
+    dog = watchdog.Watchdog(state, failure_dir, top.node_rank, hang_timeout_s, top.world_size)
     dog.start()
     try:
         worker_args = (fn, args, threads, quiet_ranks, binding, state)

@@ -1,4 +1,4 @@
-"""The trainer kinds a recipe can name (`trainer: sft | dpo`), in one table.
+"""The trainer kinds a recipe can name (`trainer: sft | dpo | grpo`), in one table.
 
 Each kind says which TRL config and trainer it uses, what its data files hold, which notebook teaches it
 (and runs it in a batch job), and the kit's defaults for its TRL config, each with the reason a participant

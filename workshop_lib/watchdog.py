@@ -34,6 +34,7 @@ AUTO_FIRST_S = 1800  # automatic limit until the first optimizer step
 AUTO_FLOOR_S = 600  # automatic limit after it: at least this ...
 AUTO_STEPS = 10  # ... or this many times the slowest step seen
 FROZEN_AFTER_S = 10  # a worker whose liveness thread is this late does not run Python at all
+GATHER_S = 30  # on a hang, wait this long at most for the other nodes' watchdogs to record their ranks
 # frames of a rank that waits for its peers: a collective, or backward (DDP all-reduces gradients inside it)
 COLLECTIVE = ("torch/distributed/", "all_reduce", "barrier", "broadcast", "all_gather", "torch/autograd/")
 
@@ -78,10 +79,16 @@ class Watchdog(threading.Thread):
     the one-line summary for the launcher's error."""
 
     def __init__(
-        self, folder: str | os.PathLike, failure_dir: str | None, node: int, timeout_s: float | None
+        self,
+        folder: str | os.PathLike,
+        failure_dir: str | None,
+        node: int,
+        timeout_s: float | None,
+        world_size: int = 1,
     ):
         super().__init__(daemon=True, name="watchdog")
         self.folder, self.failure_dir, self.node = Path(folder), failure_dir, node
+        self.world_size = world_size
         self.timeout_s = timeout_s
         self.started = time.time()
         self.slowest_step_s = 0.0
@@ -161,11 +168,26 @@ class Watchdog(threading.Thread):
             if self.failure_dir:
                 failures.record_hang(self.failure_dir, rank, self.node, pid, error, waiting, stacks[rank])
         self.hang = "; ".join(summary)
+        self.gather()
         for pid in pids.values():
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+    def gather(self) -> None:
+        """Before killing: wait (GATHER_S at most) until every rank of the job has a record. Each node's
+        watchdog fires on its own clock, seconds apart on a busy machine; the first kill ends the others'
+        launchers (srun, torch elastic) before they can say where their ranks wait, and the root cause
+        would lack them."""
+        if not self.failure_dir or self.world_size <= 1:
+            return
+        deadline = time.time() + GATHER_S
+        while time.time() < deadline:
+            have = {p.stem for p in Path(self.failure_dir).glob("rank*.json")}
+            if all(f"rank{r}" in have for r in range(self.world_size)):
+                return
+            time.sleep(0.5)
 
     def pids(self) -> dict[int, int]:
         found = {}

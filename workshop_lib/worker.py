@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import build
+from . import build, chat
 from .control import CANCEL
 from .launch import free_port
 from .recipe import Recipe
@@ -46,6 +46,9 @@ class TrainResult:
     local_param_numel: int = 0  # trainable parameter elements this rank holds (ZeRO-3 holds a shard)
     local_optimizer_numel: int = 0  # optimizer-state elements this rank holds (ZeRO-1/2/3 hold a shard)
     eval_metrics: dict = dataclasses.field(default_factory=dict)  # the last evaluation's (DPO: rewards too)
+    system_prompt: str = (
+        ""  # what training did with system prompts: keep or merge (system_prompt: auto resolved)
+    )
     ranks: dict = dataclasses.field(default_factory=dict)  # {rank: TrainResult} of this node's workers
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +138,7 @@ def finish(trainer, recipe: Recipe, output, ckpt: Path | None) -> TrainResult:
         wrapped_as=_wrapped_as(trainer),
     )
     result.local_param_numel, result.local_optimizer_numel = _local_numels(trainer)
+    result.system_prompt = chat.resolve_system_prompt(trainer.processing_class, recipe.system_prompt)
     run_dir = Path(recipe.run_dir)
     if not result.preempted and trainer.eval_dataset is not None:
         evals = [h for h in state.log_history if "eval_loss" in h]

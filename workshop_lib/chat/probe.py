@@ -123,8 +123,8 @@ def probe(tokenizer, text: str) -> tuple[list[dict] | None, list[str]]:
                 )
     if constraints and constraints[0].startswith(("rejects", "silently drops")):
         constraints.append(
-            "for data with system prompts, use system_prompt: merge (the system text is merged into the "
-            "first user turn: chat.merge_system_prompt)"
+            "for data with system prompts: system_prompt: auto (the recipe default) or merge puts the system text "
+            "into the first user turn (chat.merge_system_prompt)"
         )
     two_users = [s[1], {"role": "user", "content": s[3]["content"]}, s[2]]
     if isinstance(err := try_render(tokenizer, text, two_users), Exception):

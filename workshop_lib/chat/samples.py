@@ -98,8 +98,8 @@ def refuse_dropped_content(batch: list[list[dict]], rendered: list[str], first: 
             content = m.get("content")
             if isinstance(content, str) and content.strip() and content.strip() not in out:
                 hint = (
-                    "this template drops system prompts here: tokenize with system_prompt='merge' (recipe key "
-                    "system_prompt: merge) to merge them into the first user turn"
+                    "this template drops system prompts here: tokenize with system_prompt='merge' or 'auto' (the recipe "
+                    "default: merges where the template drops them) to merge them into the first user turn"
                     if m.get("role") == "system"
                     else "the template does not render this message: remove it or use a template that does"
                 )

@@ -136,6 +136,6 @@ def render_failure(e: Exception, messages: Any, index: int | None = None) -> str
     return (
         f"the chat template rejected {where} (roles {roles}): {type(e).__name__}: {e}. "
         "Fix the conversation (notebook 01 validates roles and order) or use a template that accepts it "
-        "(some templates refuse system messages, e.g. Gemma and Mistral: use system_prompt='merge'; some "
+        "(some templates refuse system messages, e.g. Gemma and Mistral: system_prompt='auto' (the default) or 'merge' merges them; some "
         "require strictly alternating user/assistant turns)."
     )
