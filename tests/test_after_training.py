@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kernel_loop import Kernel
 
-from workshop_lib import plots, runfolder, train
+from workshop_lib import plots, train
 from workshop_lib import recipe as R
 from workshop_lib import runs as run_folders
 from workshop_lib.control import PREEMPTED_FILE
@@ -56,8 +56,6 @@ def test_pick_run_takes_the_newest_finished_run_of_the_trainer_and_says_why(tmp_
     )
     assert run_folders.pick_run(tmp_path, "dpo")[0] == tmp_path / "dpo-newest"
     assert "the only finished dpo run" in run_folders.pick_run(tmp_path, "dpo")[1]
-    # the thin wrapper notebook 06 still calls
-    assert runfolder.newest_final(tmp_path) == new / "final"
 
 
 def test_pick_run_refuses_with_every_candidate_and_why(tmp_path):
@@ -74,7 +72,6 @@ def test_pick_run_refuses_with_every_candidate_and_why(tmp_path):
     assert f"{tmp_path / 'preempted'}: sft run stopped with a checkpoint (preempted): resume it" in text
     assert f"{tmp_path / 'killed-while-saving'}: sft run without result.json" in text
     assert err.value._render_traceback_() == [f"\x1b[31mRunError\x1b[0m: {text}"]  # IPython: no traceback
-    assert runfolder.newest_final(tmp_path) is None
     with pytest.raises(run_folders.RunError, match="does not exist yet"):
         run_folders.pick_run(tmp_path / "nothing-here")
     with pytest.raises(run_folders.RunError, match="still-training: sft run without a final/ model"):

@@ -209,6 +209,35 @@ def test_03_train_run_all_again_and_after_an_edit(lab, tmp_path):
     reopen(lab, "03_train")
 
 
+def test_03_your_own_model_follow_the_advice_to_success(lab, tmp_path):
+    """Bring your own model (Mistral's real v3 vocabulary, its v0.3 template, which drops system prompts) with
+    the bundled data, system_prompt forced to keep: Run All stops with one message naming the fix; the
+    participant types it into the parameters and Run All trains, the system prompts merged, as it says."""
+    from test_real_tokenizers import REALS, save_tiny_model
+
+    model = save_tiny_model(REALS[1], tmp_path / "my-model")
+    out = tmp_path / "runs"
+    small = {k: v for k, v in FAST_TRAIN.items() if k != "max_steps"}
+    small |= {"n_generate": 0, "per_device_train_batch_size": 2, "eval_strategy": "no", "save_steps": 3}
+    params = {"model": str(model), "output_root": str(out), "max_steps": 3, "overrides": small}
+    lab.open(prepare(lab, "03_train", {**params, "system_prompt": "keep"}))
+    lab.run_all(300)
+    saved = lab.save("03_train.ipynb")
+    errors = [e for e in errors_in(saved) if "did not run" not in e]
+    assert len(errors) == 1 and "system_prompt" in errors[0] and "auto" in errors[0], errors
+    assert not out.exists() or not run_folders(out)  # nothing written
+    lab.screenshot("03_train.own-model-refused")
+    # the advice, typed below the injected parameters (the last assignment wins)
+    lab.type_at_end_of_cell(2, '\nsystem_prompt = "auto"')
+    lab.run_all(300)
+    saved = lab.save("03_train.ipynb")
+    assert not errors_in(saved), errors_in(saved)
+    assert "merged into the first user turn, because the template drops them" in output_text(saved)
+    (run,) = run_folders(out)
+    assert json.loads((run / "result.json").read_text())["system_prompt"] == "merge"
+    lab.shutdown_kernels()
+
+
 def test_04_loss_curves(lab, trained_run, tmp_path):
     saved = run_in_browser(lab, "04_loss_curves", {"runs": str(trained_run), "out_dir": str(tmp_path)})
     assert "note:" not in output_text(saved) and (tmp_path / "loss_curves.png").exists()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from workshop_lib import build, train
+from workshop_lib import build, plots, runs, train
 from workshop_lib.recipe import RecipeError, load_recipe
 
 pytestmark = pytest.mark.slow  # GRPO samples answers every step: make test and CI run it
@@ -41,3 +41,7 @@ def test_grpo_on_two_processes_trains_one_model(tmp_path, brief_sft_run):
     result = train.fit(recipe)
     assert result.group_size == 2 and len({r.param_digest for r in result.ranks.values()}) == 1
     assert (tmp_path / "grpo-ddp" / "final" / "model.safetensors").exists()
+    # notebook 04's figure gives GRPO's own metrics their panels
+    fig = plots.plot_runs([runs.load_run(tmp_path / "grpo-ddp")])
+    titles = {ax.get_title() for ax in fig.axes}
+    assert {"mean reward (train)", "reward spread in a group", "groups without signal"} <= titles, titles

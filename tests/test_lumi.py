@@ -380,3 +380,20 @@ def test_setup_env_builds_the_venv_inside_the_routes_container(tmp_path):
         "module load PyTorch/2.7.1-rocm-6.2.4-python-3.12-singularity-20250827",
     ]
     assert calls[2].startswith(f"singularity exec --bind {REPO_ROOT} /appl/local/pytorch.sif env VENV=.venv")
+
+
+def test_the_profiles_output_root_keeps_participants_apart(monkeypatch):
+    """A shared project: lumi.yaml's output_root has $USER in it, expanded for whoever submits."""
+    from workshop_lib import submit
+
+    monkeypatch.setattr(submit, "partition_info", lambda partition: None)
+    monkeypatch.setenv("USER", "alice")
+    job = submit.prepare("lumi", "recipes/tiny_cpu.yaml", 1, None, {})
+    assert str(job.out_root) == "/scratch/project_462000000/alice/runs"
+    assert job.log_dir == job.out_root / "logs"
+    poro = submit.prepare(
+        "lumi", "recipes/poro34b_zero3.yaml", 1, None, {}
+    )  # offline profile, nothing fetched
+    assert len(poro.refusals) == 1 and "prefetch LumiOpen/Poro-34B --profile lumi" in poro.refusals[0]
+    given = submit.prepare("lumi", "recipes/tiny_cpu.yaml", 1, None, {}, output_root="/tmp/mine")
+    assert str(given.out_root) == "/tmp/mine"  # --output-root wins

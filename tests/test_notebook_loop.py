@@ -151,7 +151,7 @@ def test_07_grpo_run_all_twice_from_the_newest_sft_run(short_sft_run):
         assert '"reward"' in metrics and '"completions/mean_length"' in metrics  # GRPO's own metrics are kept
 
 
-def test_03_your_own_model_whose_template_drops_system_prompts(tmp_path):
+def test_03_your_own_model_whose_template_drops_system_prompts(kernel03, tmp_path):
     """Bring your own model: Mistral's real v3 vocabulary and its published v0.3 template, which drops system
     prompts, with the bundled data (a third has one). Forcing system_prompt keep stops at the data with one
     message that names the fix; following it (auto, the default) merges them, says so, and trains."""
@@ -159,26 +159,27 @@ def test_03_your_own_model_whose_template_drops_system_prompts(tmp_path):
 
     model = save_tiny_model(REALS[1], tmp_path / "my-model")
     out = tmp_path / "runs"
-    with Kernel("03_train.ipynb", env={"OMP_NUM_THREADS": "1"}) as k:
-        # a 32k vocabulary makes each step's logits 1000x the tiny model's: small batches, no generation (a
-        # random model writes max_new_tokens of noise per answer)
-        small = {**SHORT_OVERRIDES, "n_generate": 0, "per_device_train_batch_size": 2, "save_steps": 3}
-        k.set(model=str(model), output_root=str(out), overrides=small, max_steps=3, num_train_epochs=None)
-        k.set(system_prompt="keep")  # a participant insists on keeping them
-        error = k.run()
-        assert error is not None and len(k.error_outputs()) == 1, k.error_outputs()
-        shown = k.error_outputs()[0]
-        assert "system_prompt" in shown and "auto" in shown and "Traceback" not in shown, shown
-        assert "conversations with one are refused" in k.text()  # the template report said so first
-        assert not out.exists() or not runs_in(out)  # nothing written
+    k = kernel03  # the same kernel as the tests above: a participant's next model, in the same session
+    # a 32k vocabulary makes each step's logits 1000x the tiny model's: small batches, no generation (a
+    # random model writes max_new_tokens of noise per answer)
+    small = {**SHORT_OVERRIDES, "n_generate": 0, "per_device_train_batch_size": 2, "save_steps": 3}
+    k.set(model=str(model), output_root=str(out), overrides=small, max_steps=3, num_train_epochs=None)
+    k.set(system_prompt="keep")  # a participant insists on keeping them
+    k.clear()
+    error = k.run()
+    assert error is not None and len(k.error_outputs()) == 1, k.error_outputs()
+    shown = k.error_outputs()[0]
+    assert "system_prompt" in shown and "auto" in shown and "Traceback" not in shown, shown
+    assert "conversations with one are refused" in k.text()  # the template report said so first
+    assert not out.exists() or not runs_in(out)  # nothing written
 
-        k.set(system_prompt="auto")  # the advice
-        k.clear()
-        k.run_all()
-        assert not k.error_outputs(), k.error_outputs()
-        (run,) = runs_in(out)
-        assert "merged into the first user turn, because the template drops them" in k.text()
-        assert json_of(run / "result.json")["system_prompt"] == "merge"  # the run records what it did
+    k.set(system_prompt="auto")  # the advice
+    k.clear()
+    k.run_all()
+    assert not k.error_outputs(), k.error_outputs()
+    (run,) = runs_in(out)
+    assert "merged into the first user turn, because the template drops them" in k.text()
+    assert json_of(run / "result.json")["system_prompt"] == "merge"  # the run records what it did
 
 
 def json_of(path):

@@ -105,6 +105,8 @@ def test_the_job_recipe_is_one_merged_file(cluster, tmp_path):
         (["-p", "num_train_epochs", "many"], "num_train_epochs: expected"),
         (["--profile", "nvidia"], "partition 'gpu' does not exist"),
         (["--", "--partition=nope"], "partition 'nope' does not exist"),
+        # the local profile runs offline: a hub model must be in the job's cache before the job is queued
+        (["-p", "model", "some-org/not-fetched"], "prefetch some-org/not-fetched --profile local"),
     ],
 )
 def test_bad_input_gets_one_clear_error_and_queues_nothing(cluster, tmp_path, args, message):

@@ -93,6 +93,10 @@ METRICS = {
     "tokens_per_s": "tokens / s",
     "rewards/accuracies": "preference accuracy (train)",  # DPO: chosen scored above rejected
     "rewards/margins": "reward margin (train)",  # DPO: how far above
+    "reward": "mean reward (train)",  # GRPO: the sum of the reward functions, over the sampled answers
+    "reward_std": "reward spread in a group",  # GRPO: 0 in a group means no advantage, nothing learned
+    "frac_reward_zero_std": "groups without signal",  # GRPO: share of prompts whose answers all scored alike
+    "completions/mean_length": "answer length (tokens)",  # GRPO: the sampled answers
 }
 X_AXES = {"step": "optimizer step", "epoch": "epoch", "tokens": "tokens seen"}
 FIGSIZE = (13.0, 6.4)  # one size for any number of panels and runs of one trainer: the output never jumps

@@ -171,7 +171,7 @@ def hf_home(profile: str | None, given: str | None) -> Path:
     if given:
         return Path(os.path.expandvars(given)).expanduser()
     if profile:
-        from .submit import load_profile
+        from .jobscript import load_profile
 
         home = (load_profile(profile).get("env") or {}).get("HF_HOME")
         if home:
@@ -179,6 +179,30 @@ def hf_home(profile: str | None, given: str | None) -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HOME)
+
+
+def missing_offline(profile: dict, profile_name: str, model: str) -> str | None:
+    """What a job would fail on at its start, said before it is queued: the profile runs offline
+    (HF_HUB_OFFLINE in its env) and the recipe's hub model is not in the cache the job reads."""
+    env = profile.get("env") or {}
+    offline = str(env.get("HF_HUB_OFFLINE", "")).lower() in ("1", "true", "yes", "on")
+    if (
+        not offline
+        or model == "tiny"
+        or Path(os.path.expanduser(str(model))).exists()
+        or "/" not in str(model)
+    ):
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    home = hf_home(profile_name, None)
+    if isinstance(try_to_load_from_cache(str(model), "config.json", cache_dir=str(home / "hub")), str):
+        return None
+    return (
+        f"model {model!r} is not in the cache the job reads ({home}), and profile {profile_name!r} runs offline "
+        f"(HF_HUB_OFFLINE=1): fetch it first, where there is internet: python -m workshop_lib prefetch {model} "
+        f"--profile {profile_name}"
+    )
 
 
 def prefetch(

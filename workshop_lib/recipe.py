@@ -228,6 +228,21 @@ def _resolve_data(spec: Any, key: str, label: str) -> Any:
     )
 
 
+def parse_value(text: str) -> Any:
+    """A -p value as papermill reads it: numbers, true/false/none, else the string ("no" stays "no")."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def load_recipe(
     source: str | Path | dict | None = None, overrides: dict | None = None, name: str | None = None
 ) -> Recipe:

@@ -238,14 +238,3 @@ def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
     path = Path(run_dir) / "result.json"
     _write_atomic(path, json.dumps(result, indent=1, default=str))
     return path
-
-
-def newest_final(output_root: str | Path, trainer: str = "sft") -> Path | None:
-    """The final/ model folder of the newest finished run of that trainer under output_root (None if none).
-    A thin wrapper kept for notebook 06 until it calls runs.pick_run, which also says which run and why."""
-    from . import runs  # reading run folders is runs.py's job; this wrapper is on its way out
-
-    try:
-        return runs.pick_run(output_root, trainer)[0] / "final"
-    except runs.RunError:
-        return None

@@ -6,7 +6,7 @@
 
 Everything is validated before anything is queued: the profile exists, the recipe and every override
 load (unknown keys, wrong types), the run folder is not an existing run (unless --resume), the values
-after -p come in pairs, the partition exists, has GPUs if the profile asks for them, and enough nodes.
+after -p come in pairs, the partition exists, has GPUs if the profile asks for them, and enough nodes; and an offline profile's cache holds the recipe's hub model.
 Each job (or array task) gets one recipe file in its job folder: the recipe merged with the overrides
 and its sweep values. --dry-run shows the job script and the sbatch command, and writes nothing.
 
@@ -20,43 +20,23 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from .jobscript import LAUNCHERS, SubmitError, job_notebook, load_profile, render, route
 from .paths import resolve
-from .recipe import RecipeError, load_recipe, read_yaml
+from .prefetch import missing_offline
+from .recipe import RecipeError, load_recipe, parse_value, read_yaml
 from .runfolder import resized_accumulation
 
-__all__ = [
-    "SubmitError",
-    "load_profile",
-    "parse_value",
-    "prepare",
-    "submit",
-]  # plan imports load_profile here
-
-
-def parse_value(text: str) -> Any:
-    """A -p value as papermill reads it: numbers, true/false/none, else the string ("no" stays "no")."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+__all__ = ["SubmitError", "load_profile", "parse_value", "prepare", "submit"]
 
 
 def sweep_tasks(sweep: dict, source: str) -> list[dict]:
@@ -143,6 +123,7 @@ class Job:
     log_dir: Path
     sweep: bool
     warnings: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)  # a real submit stops on these; a dry run shows them
 
     def sbatch_command(self, sbatch_args: list[str] | None = None) -> list[str]:
         return ["sbatch", "--parsable", *(sbatch_args or []), str(self.job_dir / "job.sbatch")]
@@ -168,12 +149,14 @@ def prepare(
     overrides: dict,
     sweep_path: str | None = None,
     resume: bool = False,
-    output_root: str = "runs",
+    output_root: str | None = None,
     launcher: str | None = None,
     sbatch_args: list[str] | None = None,
 ) -> Job:
     """Validate everything and build the job; writes nothing, queues nothing."""
     profile = load_profile(profile_name)
+    # a shared project: the profile's output_root, e.g. /scratch/<project>/$USER/runs, keeps participants apart
+    output_root = os.path.expandvars(output_root or str(profile.get("output_root") or "runs"))
     sweep: dict = {}
     if sweep_path:
         sp = resolve(sweep_path)
@@ -200,7 +183,7 @@ def prepare(
     run_name = run_name or load_recipe({**base, **job}, name=str(recipe_path)).run_name
     out_root = resolve(output_root)
     names = [f"{run_name}-{i}" for i in range(len(tasks))] if sweep else [run_name]
-    recipes, trainers, notes = {}, set(), []
+    recipes, trainers, notes, refusals = {}, set(), [], []
     for i, task in enumerate(tasks):
         recorded = out_root / names[i] / "recipe.yaml"
         merged = {**base, **job, **task}
@@ -215,6 +198,9 @@ def prepare(
             trainers.add(loaded.trainer)
         except RecipeError as e:
             raise SubmitError(str(e)) from None
+        missing = missing_offline(profile, profile_name, str(loaded.model))
+        if missing and missing not in refusals:
+            refusals.append(missing)
         if recorded.exists() and not resume:
             raise SubmitError(
                 f"run folder {out_root / names[i]} exists: pass --resume to continue it, or choose "
@@ -242,7 +228,7 @@ def prepare(
         "RUN_NAME": run_name,
     }
     script = render(profile, fields, len(tasks) if sweep else 0)
-    return Job(script, recipes, job_dir, run_name, names, out_root, log_dir, bool(sweep), warnings)
+    return Job(script, recipes, job_dir, run_name, names, out_root, log_dir, bool(sweep), warnings, refusals)
 
 
 def _resumed(recorded: Path, recipe_path: str | None, job: dict) -> tuple[dict, str, str]:
@@ -334,6 +320,10 @@ def _command(args: argparse.Namespace) -> int:
         return 2
     for w in job.warnings:
         print(f"submit: {w}", file=sys.stderr)
+    for r in job.refusals:  # what the job would fail on at its start (a dry run shows the script anyway)
+        print(f"submit: {r}" + (" (a real submit stops here)" if args.dry_run else ""), file=sys.stderr)
+    if job.refusals and not args.dry_run:
+        return 2
     if args.dry_run:
         print(job.script)
         for name, recipe in job.recipes.items():
@@ -369,7 +359,11 @@ def register(subparsers) -> None:
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--name", help="run name (default: the recipe's run_name; sweeps: <name>-<task>)")
     ap.add_argument("--sweep", help="a grid file: recipe, name, grid {key: [values]}, fixed {key: value}")
-    ap.add_argument("--output-root", default="runs")
+    ap.add_argument(
+        "--output-root",
+        help="where run folders go: default the profile's output_root ($USER expands: one folder per "
+        "participant in a shared project), else runs/",
+    )
     ap.add_argument("--resume", action="store_true", help="continue an existing run folder")
     ap.add_argument("--launcher", choices=LAUNCHERS, help="papermill (default, the notebook) or python")
     ap.add_argument("--dry-run", action="store_true", help="show the job script and command; write nothing")

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from . import build, launch, modelcard, preflight, progress, runfolder, scoring, worker
 from .control import this_node_rank
-from .recipe import Recipe, RecipeError, load_recipe
-from .submit import parse_value
+from .recipe import Recipe, RecipeError, load_recipe, parse_value
 from .worker import TrainResult
 
 

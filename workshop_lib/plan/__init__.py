@@ -222,8 +222,8 @@ def main(
     profile: str | None = None,
     gpus_per_node: int | None = None,
 ) -> int:
-    from ..recipe import RecipeError, load_recipe
-    from ..submit import load_profile, parse_value
+    from ..jobscript import load_profile
+    from ..recipe import RecipeError, load_recipe, parse_value
 
     try:
         source = "--gpu-memory-gb"
