@@ -87,10 +87,17 @@ def real_tokenizer(real: Real):
 def save_tiny_model(real: Real, folder: Path) -> Path:
     """A random-weight tiny Llama with the real vocabulary and the family's published template, saved as a
     model folder (what a participant's own model looks like to the kit)."""
+    tok = real_tokenizer(real)
+    tiny_llama(tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_llama(tok):
+    """A random-weight Llama of a few thousand parameters per layer around the tokenizer's vocabulary."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = real_tokenizer(real)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tok),
@@ -102,10 +109,9 @@ def save_tiny_model(real: Real, folder: Path) -> Path:
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return LlamaForCausalLM(config)
 
 
 def conversations() -> list[list[dict]]:
@@ -183,9 +189,7 @@ def test_tekken_conversion_tokenizes_as_mistral_common():
 def test_tiny_model_with_real_vocabulary_trains(real, tmp_path):
     """A random-weight Llama with the real vocabulary trains a few steps on the bundled data, as the kit
     prepares it (system prompts merged into the first user turn: both templates drop them)."""
-    import torch
     from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     tok = real_tokenizer(real)
@@ -195,20 +199,7 @@ def test_tiny_model_with_real_vocabulary_trains(real, tmp_path):
     assert len(ds) == len(rows) + (1 if real.per_answer else 0)  # SAMPLE has two answers
     system, user = rows[0][0]["content"], rows[0][1]["content"]
     assert f"[INST]{system}\n\n{user}" in tok.decode(ds[0]["input_ids"]).replace("[INST] ", "[INST]")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
+    model = tiny_llama(tok)
     args = SFTConfig(
         output_dir=str(tmp_path),
         assistant_only_loss=False,

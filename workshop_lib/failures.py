@@ -72,7 +72,15 @@ def _node() -> int:
 
 
 def record_exception(folder: str | os.PathLike, rank: int, exc: BaseException) -> Path:
-    """A worker's exception, written by the worker itself before it exits (exact time, full traceback)."""
+    """A worker's exception, written by the worker itself before it exits (exact time, full traceback).
+    A hang record of that rank is kept: the watchdog found the rank waiting, and the exception (a peer closed
+    the connection when another node's watchdog ended its workers) is what followed."""
+    hung = Path(folder) / f"rank{rank}.json"
+    try:
+        if json.loads(hung.read_text()).get("kind") == "hang":
+            return hung
+    except (OSError, ValueError):
+        pass
     return _write(
         folder,
         f"rank{rank}",
