@@ -2,6 +2,8 @@
 make a mistake and follow the message to success, restart the kernel half-way. Every run must end without an
 error output and train a fresh run with the values the parameters cell shows (fast tier: short runs)."""
 
+import json
+
 import pytest
 import yaml
 from kernel_loop import Kernel
@@ -179,10 +181,6 @@ def test_03_your_own_model_whose_template_drops_system_prompts(kernel03, tmp_pat
     assert not k.error_outputs(), k.error_outputs()
     (run,) = runs_in(out)
     assert "merged into the first user turn, because the template drops them" in k.text()
-    assert json_of(run / "result.json")["system_prompt"] == "merge"  # the run records what it did
-
-
-def json_of(path):
-    import json
-
-    return json.loads(path.read_text())
+    assert (
+        json.loads((run / "result.json").read_text())["system_prompt"] == "merge"
+    )  # the run records what it did

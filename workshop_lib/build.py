@@ -32,18 +32,7 @@ def tokenizer(recipe: Recipe):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model(recipe.model))
-    report = chat.prepare_tokenizer(tok, recipe.template)
-    if (
-        recipe.system_prompt != "auto"
-    ):  # the report says what auto would do: say what the recipe asked instead
-        lost = chat.system_prompt_lost(tok, tok.chat_template)
-        said = f"system prompts (system_prompt: {recipe.system_prompt}, from the recipe): "
-        said += "merged into the first user turn" if recipe.system_prompt == "merge" else "kept"
-        if recipe.system_prompt == "keep" and lost:
-            said += (
-                f", but the template {lost} them: conversations with one are refused (auto or merge fixes it)"
-            )
-        report.notes = [n for n in report.notes if not n.startswith("system prompts (")] + [said]
+    report = chat.prepare_tokenizer(tok, recipe.template, recipe.system_prompt)
     return tok, report
 
 

@@ -135,6 +135,11 @@ def build_tiny_model(out_dir: str | Path | None = None, force: bool = False) -> 
     return out
 
 
+def is_hub_id(name_or_path: str | Path) -> bool:
+    """A model name that is neither the tiny model nor an existing folder: the hub (or its cache) resolves it."""
+    return str(name_or_path) != TINY and not Path(name_or_path).expanduser().exists()
+
+
 def resolve_model(name_or_path: str | Path) -> str:
     """ "tiny" -> the built tiny model's directory; a local directory or hub id is returned as is."""
     if str(name_or_path) == TINY:

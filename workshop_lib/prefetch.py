@@ -56,6 +56,7 @@ class Item:
 def items_of(names: list[str]) -> list[tuple[str, str]]:
     """(repo_id, repo_type) for each name: a recipe file gives its model and its hub datasets; a name that
     is no file is a model id, or a dataset id with `dataset:` in front."""
+    from .model import is_hub_id
     from .paths import resolve
     from .recipe import read_yaml
 
@@ -64,7 +65,7 @@ def items_of(names: list[str]) -> list[tuple[str, str]]:
         if name.endswith((".yaml", ".yml")) and resolve(name).exists():
             recipe = read_yaml(name)
             model = str(recipe.get("model", "tiny"))
-            if model != "tiny" and not Path(model).expanduser().exists():
+            if is_hub_id(model):
                 out.append((model, "model"))
             for key in ("train_file", "eval_file"):
                 for spec in _sources(recipe.get(key)):
@@ -173,29 +174,39 @@ def hf_home(profile: str | None, given: str | None) -> Path:
     if profile:
         from .jobscript import load_profile
 
-        home = (load_profile(profile).get("env") or {}).get("HF_HOME")
-        if home:
-            return Path(os.path.expandvars(str(home))).expanduser()
+        return _profile_home(load_profile(profile))
+    return _profile_home({})
+
+
+def _profile_home(profile: dict) -> Path:
+    """A loaded profile's HF_HOME, else this environment's."""
+    home = (profile.get("env") or {}).get("HF_HOME")
+    if home:
+        return Path(os.path.expandvars(str(home))).expanduser()
     from huggingface_hub import constants
 
     return Path(constants.HF_HOME)
 
 
+def offline(value: object) -> bool:
+    """Whether an HF_HUB_OFFLINE value turns the hub off (huggingface_hub's own spellings)."""
+    return str(value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def missing_offline(profile: dict, profile_name: str, model: str) -> str | None:
     """What a job would fail on at its start, said before it is queued: the profile runs offline
     (HF_HUB_OFFLINE in its env) and the recipe's hub model is not in the cache the job reads."""
-    env = profile.get("env") or {}
-    offline = str(env.get("HF_HUB_OFFLINE", "")).lower() in ("1", "true", "yes", "on")
+    from .model import is_hub_id
+
     if (
-        not offline
-        or model == "tiny"
-        or Path(os.path.expanduser(str(model))).exists()
-        or "/" not in str(model)
+        not offline((profile.get("env") or {}).get("HF_HUB_OFFLINE"))
+        or not is_hub_id(model)
+        or "/" not in model
     ):
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    home = hf_home(profile_name, None)
+    home = _profile_home(profile)  # the profile at hand: not read again per sweep task
     if isinstance(try_to_load_from_cache(str(model), "config.json", cache_dir=str(home / "hub")), str):
         return None
     return (

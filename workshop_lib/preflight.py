@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 from . import build
 from .chat.templates import TemplateError
 from .data.problems import DataError
-from .model import resolve_model
+from .model import is_hub_id, resolve_model
+from .prefetch import offline
 from .recipe import Recipe, RecipeError
 
 PROBE_S = 3.0
@@ -34,7 +35,7 @@ class StartError(RecipeError):
 def hub_offline() -> bool:
     """True when the hub is off limits: HF_HUB_OFFLINE is set, or one quick probe cannot reach it (then
     HF_HUB_OFFLINE is set for this process, so that cached models load without retries)."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+    if offline(os.environ.get("HF_HUB_OFFLINE")):
         _offline()
         return True
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
@@ -59,14 +60,10 @@ def _offline() -> None:
         pass
 
 
-def _is_hub_id(model: str) -> bool:
-    return model != "tiny" and not os.path.exists(os.path.expanduser(model))
-
-
 def check(recipe: Recipe) -> tuple[Any, Any, Any]:
     """The model's config, tokenizer and template, and the data, checked; returns (tokenizer, train, eval)
     as training takes them. Raises StartError (foreseen, one message) before anything is written."""
-    offline = hub_offline() if _is_hub_id(str(recipe.model)) else False
+    offline = hub_offline() if is_hub_id(str(recipe.model)) else False
     try:
         from transformers import AutoConfig  # heavy: imported when a run starts, not with the CLI
 
@@ -91,13 +88,13 @@ def _two_lines(text: str) -> str:
 
 def _model_message(model: str, e: Exception, offline: bool) -> str:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if _is_hub_id(model) and offline:
+    if is_hub_id(model) and offline:
         return (
             f"model {model!r} is not in the local cache and the hub is offline (HF_HUB_OFFLINE or unreachable). "
             f"Fetch it where there is internet: python -m workshop_lib prefetch {model} (into the HF_HOME the "
             "job reads), or set model to a local folder."
         )
-    if _is_hub_id(model):
+    if is_hub_id(model):
         return (
             f"model {model!r}: {first}. Check the name on the hub (org/name), or set model to a local folder."
         )

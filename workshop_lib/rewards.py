@@ -36,8 +36,5 @@ def short(completions: list, max_words: int = 8, **_) -> list[float]:
     return [-0.1 * max(0, len(_text(c).split()) - max_words) for c in completions]
 
 
-REWARDS = {
-    "correct": correct,
-    "well_formed": well_formed,
-    "short": short,
-}  # recipe key reward_funcs names them
+# the names a recipe's `rewards:` key takes
+REWARDS = {"correct": correct, "well_formed": well_formed, "short": short}

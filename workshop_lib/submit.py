@@ -6,7 +6,8 @@
 
 Everything is validated before anything is queued: the profile exists, the recipe and every override
 load (unknown keys, wrong types), the run folder is not an existing run (unless --resume), the values
-after -p come in pairs, the partition exists, has GPUs if the profile asks for them, and enough nodes; and an offline profile's cache holds the recipe's hub model.
+after -p come in pairs, the partition exists, has GPUs if the profile asks for them, and enough nodes, and
+an offline profile's cache holds the recipe's hub model.
 Each job (or array task) gets one recipe file in its job folder: the recipe merged with the overrides
 and its sweep values. --dry-run shows the job script and the sbatch command, and writes nothing.
 

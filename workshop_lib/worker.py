@@ -46,9 +46,8 @@ class TrainResult:
     local_param_numel: int = 0  # trainable parameter elements this rank holds (ZeRO-3 holds a shard)
     local_optimizer_numel: int = 0  # optimizer-state elements this rank holds (ZeRO-1/2/3 hold a shard)
     eval_metrics: dict = dataclasses.field(default_factory=dict)  # the last evaluation's (DPO: rewards too)
-    system_prompt: str = (
-        ""  # what training did with system prompts: keep or merge (system_prompt: auto resolved)
-    )
+    # what training did with system prompts: keep or merge (system_prompt: auto resolved)
+    system_prompt: str = ""
     ranks: dict = dataclasses.field(default_factory=dict)  # {rank: TrainResult} of this node's workers
 
     def to_dict(self) -> dict[str, Any]:

@@ -307,8 +307,9 @@ def _trl_template(tokenizer) -> list[str]:
     ]
 
 
-def prepare_tokenizer(tokenizer, template: str | None = None) -> CheckReport:
-    """Get a tokenizer ready for training; return the report of what was found and done.
+def prepare_tokenizer(tokenizer, template: str | None = None, system_prompt: str = "auto") -> CheckReport:
+    """Get a tokenizer ready for training; return the report of what was found and done (system_prompt: the
+    recipe's mode, which the report's system-prompt line states).
 
     `template` (a bundled name, a .jinja path or template text) replaces the model's template when given;
     "trl" takes TRL's training template for the model's family; otherwise the model's own is used. Sets a distinct pad token, checks the template, and makes it
@@ -327,13 +328,21 @@ def prepare_tokenizer(tokenizer, template: str | None = None) -> CheckReport:
         notes.append(f"end-of-turn token {before.end_of_turn!r}, trained before any fix: {trained}")
     _, done = fix_template(tokenizer, text)
     report = check_template(tokenizer)
-    lost = system_prompt_lost(tokenizer, tokenizer.chat_template)
-    done.append(
-        f"system prompts (system_prompt: auto): merged into the first user turn, because the template {lost} them"
-        if lost
-        else "system prompts (system_prompt: auto): kept, the template renders them"
-    )
+    done.append(_system_prompt_note(system_prompt, system_prompt_lost(tokenizer, tokenizer.chat_template)))
     report.notes = notes + done
     if not report.constraints:
         _, report.constraints = probe(tokenizer, tokenizer.chat_template)
     return report
+
+
+def _system_prompt_note(mode: str, lost: str | None) -> str:
+    """What training does with system prompts: auto's choice and why, or what the recipe asked for."""
+    if mode == "auto":
+        if lost:
+            return f"system prompts (system_prompt: auto): merged into the first user turn, because the template {lost} them"
+        return "system prompts (system_prompt: auto): kept, the template renders them"
+    said = f"system prompts (system_prompt: {mode}, from the recipe): "
+    said += "merged into the first user turn" if mode == "merge" else "kept"
+    if mode == "keep" and lost:
+        said += f", but the template {lost} them: conversations with one are refused (auto or merge fixes it)"
+    return said
