@@ -19,6 +19,8 @@ REAL = Path(__file__).parent / "templates"
 LLAMA3 = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 LLAMA3 += ["<|reserved_special_token_0|>", "<|reserved_special_token_1|>"]
 LLAMA31 = [*LLAMA3, "<|finetune_right_pad_id|>", "<|eom_id|>", "<|python_tag|>"]
+LLAMA4 = ["<|begin_of_text|>", "<|end_of_text|>", "<|header_start|>", "<|header_end|>", "<|eot|>", "<|eom|>"]
+LLAMA4 += ["<|python_start|>", "<|python_end|>", "<|finetune_right_pad|>", "<|image|>"]
 MISTRAL_V3 = [
     "[INST]",
     "[/INST]",
@@ -132,6 +134,17 @@ FAMILIES = [
         specials=LLAMA31,
         eot="<|eot_id|>",
         default_system=True,
+    ),
+    Family(
+        "llama4",
+        "llama4.jinja",
+        "<|eot|>",
+        "<|begin_of_text|>",
+        "<|finetune_right_pad|>",
+        specials=LLAMA4,
+        eot="<|eot|>",
+        fix="answer",  # no marker fix fits its assistant branch: one sample per answer (1.66x tokens here)
+        train=False,
     ),
     Family(
         "mistral_v0_1",
@@ -266,6 +279,16 @@ FAMILIES = [
         specials=["<|endoftext|>", "<|im_start|>", "<|im_sep|>", "<|im_end|>", "<|dummy_85|>"],
         eot="<|im_end|>",
         tools="drops",
+    ),
+    Family(
+        "phi4_mini",
+        "phi4_mini.jinja",
+        "<|endoftext|>",
+        "<|endoftext|>",
+        "<|endoftext|>",
+        specials=["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|tool|>", "<|/tool|>"],
+        eot="<|end|>",  # the answer's end: generation stops there; the closing eos stays untrained
+        train=False,
     ),
     Family(
         "smollm2",

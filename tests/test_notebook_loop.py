@@ -11,6 +11,9 @@ from kernel_loop import Kernel
 # A short run: what the parameters cell of a participant in a hurry would say.
 SHORT = dict(max_steps=6, num_train_epochs=None)
 SHORT_OVERRIDES = {
+    # a few hundred rows: each run tokenizes its data, and the module trains seven runs
+    "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 300}],
+    "eval_file": [{"path": "data/synthetic/eval.jsonl", "max_rows": 40}],
     "logging_steps": 2,
     "save_steps": 6,
     "eval_strategy": "no",
@@ -73,21 +76,21 @@ def test_03_a_mistake_stops_at_its_cell_with_one_line_and_the_fix_works(kernel03
     assert recipe_of(run)["learning_rate"] == 0.01 and not k.error_outputs()
 
 
-def test_03_restart_half_way_then_the_recipe_cell_then_run_all(tmp_path):
-    with Kernel("03_train.ipynb", env={"OMP_NUM_THREADS": "1"}) as k:
-        k.set(output_root=str(tmp_path), overrides=SHORT_OVERRIDES, **SHORT)
-        train_cell = k.index_of("trainer.train(")
-        assert k.run(stop=train_cell) is None  # up to the training cell: a run folder exists, nothing trained
-        k.restart()
-        recipe_cell = k.index_of("params.parameters_cell()")
-        error = k.run(start=0, stop=2) or k.run(
-            start=recipe_cell, stop=recipe_cell + 1
-        )  # imports, then the recipe
-        assert error is not None and "no parameters cell has run in this kernel" in str(error)
-        assert "Run All" in str(error)  # what to do, in the notebook's terms
-        k.run_all()
-        half, done = runs_in(tmp_path)
-        assert not (half / "final").exists() and (done / "final").is_dir() and not k.error_outputs()
+def test_03_restart_half_way_then_the_recipe_cell_then_run_all(kernel03, tmp_path):
+    k = kernel03  # a restart gives the module's kernel a fresh process, as in JupyterLab
+    k.set(output_root=str(tmp_path), overrides=SHORT_OVERRIDES, **SHORT)
+    train_cell = k.index_of("trainer.train(")
+    assert k.run(stop=train_cell) is None  # up to the training cell: a run folder exists, nothing trained
+    k.restart()
+    recipe_cell = k.index_of("params.parameters_cell()")
+    error = k.run(start=0, stop=2) or k.run(
+        start=recipe_cell, stop=recipe_cell + 1
+    )  # imports, then the recipe
+    assert error is not None and "no parameters cell has run in this kernel" in str(error)
+    assert "Run All" in str(error)  # what to do, in the notebook's terms
+    k.run_all()
+    half, done = runs_in(tmp_path)
+    assert not (half / "final").exists() and (done / "final").is_dir() and not k.error_outputs()
 
 
 def test_06_run_all_twice_starts_from_the_newest_sft_run(short_sft_run):

@@ -56,8 +56,18 @@ def test_prefetch_fetches_what_training_reads_and_an_offline_job_trains_from_it(
         and not (home / "hub" / "models--org--tiny-chat" / "blobs").exists()
     )
 
+    # doctor, for an offline profile that reads this cache: what is missing, and the command that fetches it
+    from workshop_lib.prefetch import offline_cache
+
+    profile = tmp_path / "offline.yaml"
+    profile.write_text(f"env:\n  HF_HOME: {home}\n  HF_HUB_OFFLINE: 1\n")
+    before = offline_cache(str(profile), [str(recipe)])
+    assert [ok for ok, _ in before] == [False, False], before
+    assert f"prefetch dataset:org/chats --profile {profile}" in before[1][1], before
+
     done = cli(str(recipe), "--hf-home", str(home), env=env)
     assert done.returncode == 0, done.stderr
+    assert [ok for ok, _ in offline_cache(str(profile), [str(recipe)])] == [True, True]
     snapshot = next((home / "hub" / "models--org--tiny-chat" / "snapshots").iterdir())
     fetched = sorted(p.name for p in snapshot.iterdir())
     assert "model.safetensors" in fetched and "tokenizer.json" in fetched and "chat_template.jinja" in fetched

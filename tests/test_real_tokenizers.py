@@ -242,6 +242,7 @@ def test_train_command_with_a_real_vocabulary_and_the_bundled_data(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "finished at step 3/3" in proc.stdout, proc.stdout[-2000:]
+    assert "system prompts were merged into the first user turn (system_prompt: auto)" in proc.stdout
     tok = real_tokenizer(real)
     report = chat.prepare_tokenizer(tok)
     said = [n for n in report.notes if "system_prompt: auto" in n]

@@ -138,3 +138,18 @@ def test_overrides_win_and_are_validated(tmp_path):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(R.RecipeError, match="no such recipe file"):
         R.load_recipe(tmp_path / "nope.yaml")
+
+
+def test_a_p_value_is_read_as_papermill_reads_it_and_inline_yaml_lists():
+    from workshop_lib.recipe import parse_value
+
+    assert [parse_value(x) for x in ("3", "0.5", "true", "None", "no", "runs/a")] == [
+        3,
+        0.5,
+        True,
+        None,
+        "no",
+        "runs/a",
+    ]
+    assert parse_value("[{path: a.jsonl, max_rows: 200}]") == [{"path": "a.jsonl", "max_rows": 200}]
+    assert parse_value("{% if x %}y{% endif %}") == "{% if x %}y{% endif %}"  # a template stays a string

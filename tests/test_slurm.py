@@ -24,7 +24,12 @@ from workshop_lib.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # a real Slurm cluster: make test and CI run it, make check does not
 
+# short jobs read a few hundred conversations, not the whole file, and skip the final eval: every node
+# tokenizes its data, and the module starts ~36 node processes
+SMALL_TRAIN = [{"path": "data/synthetic/train.jsonl", "max_rows": 200}]
 FAST = {
+    "train_file": SMALL_TRAIN,
+    "eval_file": None,
     "max_steps": 6,
     "logging_steps": 2,
     "save_steps": 1000,
@@ -42,7 +47,8 @@ PARITY = {
     "per_device_train_batch_size": 4,
 }
 # DPO through the same job path (notebook 06 on each node), from the kit's tiny model, one stop mid-way
-DPO_PARITY = {**PARITY, "max_steps": 16, "model": "tiny", "eval_file": None}  # no final eval: 1 min
+DPO_PARITY = {**PARITY, "max_steps": 16, "model": "tiny"}  # no final eval: 1 min
+DPO_PARITY["train_file"] = [{"path": "data/synthetic/pairs_train.jsonl", "max_rows": 200}]
 LONG = {**FAST, "max_steps": 3000, "logging_steps": 5, "collective_timeout_s": 1800}
 
 
@@ -147,9 +153,22 @@ def quick(cluster, tmp_path_factory):
         held.append(s)
         return port
 
+    # the job that completes trains a participant's own model: Mistral's real v3 vocabulary and the v0.3
+    # template, which drops system prompts (the bundled data has them: system_prompt auto merges them)
+    from test_real_tokenizers import REALS, save_tiny_model
+
+    real = save_tiny_model(REALS[1], root / "mistral-v3-tiny")
     ids = {}
     ids["port"], _ = submit(
-        cluster, root, *common, "--name", "port", "--launcher", "python", sbatch=["--hold"]
+        cluster,
+        root,
+        *common,
+        "--name",
+        "port",
+        "--launcher",
+        "python",
+        params={**FAST, "model": str(real)},
+        sbatch=["--hold"],
     )
     derived = hold(launch.master_port_for_job(ids["port"]))
     taken = hold(launch.free_port())
@@ -184,6 +203,10 @@ def test_a_taken_rendezvous_port_does_not_fail_the_job(cluster, quick, jobs):
     port = int(re.search(r"master n1:(\d+)", log).group(1))
     assert port != quick["derived"], log[:2000]
     print(f"\nderived port {quick['derived']} held by another program: the job chose {port} and completed")
+    # ... with a real vocabulary, on 2 nodes, the system prompts merged as the template report says
+    result = json.loads((quick["root"] / "port" / "result.json").read_text())
+    assert result["world_size"] == 2 and result["system_prompt"] == "merge", result
+    assert "system prompts were merged into the first user turn (system_prompt: auto)" in log, log[-3000:]
 
 
 def test_an_exception_on_node_0_beats_a_node_that_ended_without_reporting(cluster, quick, jobs):

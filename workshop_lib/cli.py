@@ -44,7 +44,7 @@ def _build_tiny_model(args) -> int:
 def _doctor(args) -> int:
     from . import doctor
 
-    return doctor.main(args.model)
+    return doctor.main(args.model, args.profile, args.recipe)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,6 +75,10 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_plot)
     p = sub.add_parser("doctor", help="check the environment: versions, GPUs, Slurm, folders, caches")
     p.add_argument("--model", default=None, help="also check that this model's config and tokenizer load")
+    p.add_argument(
+        "--profile", help="also check that an offline profile's cache has the model and the recipe's hub data"
+    )
+    p.add_argument("--recipe", help="with --profile: the recipe whose model and hub datasets jobs will read")
     p.set_defaults(func=_doctor)
     p = sub.add_parser(
         "build-tiny-model", help="build (or find) the offline tiny chat model, print its folder"

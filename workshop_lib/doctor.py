@@ -1,21 +1,20 @@
 """Doctor: is this environment ready to train? Clear PASS / WARN / FAIL lines and an exit status.
 
-python -m workshop_lib doctor [--model PATH_OR_ID]
+python -m workshop_lib doctor [--model PATH_OR_ID] [--profile P [--recipe R]]
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+
+from .prefetch import hub_status, offline_cache
 
 STACK = [
     "torch",
@@ -284,23 +283,6 @@ def check_folders() -> list[Line]:
     return lines
 
 
-@functools.cache
-def hub_status(timeout_s: float = 3.0) -> tuple[bool, str]:
-    """(reachable, why) for the Hugging Face hub, decided once per process and never by waiting on retries:
-    HF_HUB_OFFLINE=1 answers at once, else one TCP connection to the endpoint with a short timeout."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False, "HF_HUB_OFFLINE=1 is set"
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True, f"{host} answers"
-    except OSError as e:
-        return False, f"{host} cannot be reached ({e.strerror or type(e).__name__}: no internet here?)"
-
-
 def model_source(model: str) -> tuple[str | None, str]:
     """Where a model's files can be read from without waiting on the hub: (folder or id, where).
 
@@ -357,15 +339,21 @@ def check_model(model: str) -> list[Line]:
     return lines
 
 
-def run(model: str | None = None) -> list[Line]:
+def run(model: str | None = None, profile: str | None = None, recipe: str | None = None) -> list[Line]:
     lines = check_stack() + check_gpus() + check_slurm() + check_folders()
     if model:
         lines += check_model(model)
+    if profile:  # what the profile's jobs read offline, in the cache they read (prefetch fills it)
+        names = [x for x in (model, recipe) if x]
+        lines += [
+            Line("PASS" if ok else "FAIL", "offline cache", said)
+            for ok, said in offline_cache(profile, names)
+        ]
     return lines
 
 
-def main(model: str | None = None) -> int:
-    lines = run(model)
+def main(model: str | None = None, profile: str | None = None, recipe: str | None = None) -> int:
+    lines = run(model, profile, recipe)
     for line in lines:
         print(line)
     fails = sum(x.status == "FAIL" for x in lines)

@@ -13,11 +13,14 @@ dataset, its data files. Sizes and free space are shown first; `--dry-run` stops
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 # What a model's training reads: config, tokenizer files and template, weights (filtered further below).
 MODEL_FILES = [
@@ -193,6 +196,34 @@ def offline(value: object) -> bool:
     return str(value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+@functools.cache
+def hub_status(timeout_s: float = 3.0) -> tuple[bool, str]:
+    """(reachable, why) for the Hugging Face hub, decided once per process and never by waiting on retries:
+    HF_HUB_OFFLINE=1 answers at once, else one TCP connection to the endpoint with a short timeout."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False, "HF_HUB_OFFLINE=1 is set"
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True, f"{host} answers"
+    except OSError as e:
+        return False, f"{host} cannot be reached ({e.strerror or type(e).__name__}: no internet here?)"
+
+
+def in_cache(home: Path, repo_id: str, repo_type: str) -> bool:
+    """Whether a job reading HF_HOME=home offline finds this model (its config.json in the hub cache) or
+    dataset (prepared by datasets in home/datasets, under datasets' own folder name org___name)."""
+    if repo_type == "model":
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json", cache_dir=str(home / "hub")), str)
+    org, _, name = repo_id.partition("/")
+    return any((home / "datasets").glob(f"{org}___{name}*"))
+
+
 def missing_offline(profile: dict, profile_name: str, model: str) -> str | None:
     """What a job would fail on at its start, said before it is queued: the profile runs offline
     (HF_HUB_OFFLINE in its env) and the recipe's hub model is not in the cache the job reads."""
@@ -204,16 +235,41 @@ def missing_offline(profile: dict, profile_name: str, model: str) -> str | None:
         or "/" not in model
     ):
         return None
-    from huggingface_hub import try_to_load_from_cache
-
     home = _profile_home(profile)  # the profile at hand: not read again per sweep task
-    if isinstance(try_to_load_from_cache(str(model), "config.json", cache_dir=str(home / "hub")), str):
-        return None
     return (
-        f"model {model!r} is not in the cache the job reads ({home}), and profile {profile_name!r} runs offline "
-        f"(HF_HUB_OFFLINE=1): fetch it first, where there is internet: python -m workshop_lib prefetch {model} "
-        f"--profile {profile_name}"
+        None if in_cache(home, str(model), "model") else _fetch_first(profile_name, home, str(model), "model")
     )
+
+
+def _fetch_first(profile_name: str, home: Path, repo_id: str, repo_type: str) -> str:
+    name = f"dataset:{repo_id}" if repo_type == "dataset" else repo_id
+    return (
+        f"{repo_type} {repo_id!r} is not in the cache the job reads ({home}), and profile {profile_name!r} runs "
+        f"offline (HF_HUB_OFFLINE=1): fetch it first, where there is internet: python -m workshop_lib prefetch "
+        f"{name} --profile {profile_name}"
+    )
+
+
+def offline_cache(profile_name: str, names: list[str]) -> list[tuple[bool, str]]:
+    """doctor's check for a profile: (found, sentence) per model and hub dataset that names (recipe files,
+    model ids, dataset:ids) need, when the profile runs offline; one line saying so when it reaches the hub."""
+    from .jobscript import load_profile
+
+    profile = load_profile(profile_name)
+    home = _profile_home(profile)
+    if not offline((profile.get("env") or {}).get("HF_HUB_OFFLINE")):
+        return [
+            (
+                True,
+                f"profile {profile_name!r} reaches the hub (no HF_HUB_OFFLINE): nothing must be fetched first",
+            )
+        ]
+    return [
+        (True, f"{kind} {repo} is in {home}")
+        if in_cache(home, repo, kind)
+        else (False, _fetch_first(profile_name, home, repo, kind))
+        for repo, kind in items_of(names)
+    ]
 
 
 def prefetch(
@@ -221,8 +277,6 @@ def prefetch(
 ) -> int:
     """The command: plan, show, check space, download. Exit 0 done, 1 not enough space, 2 cannot."""
     from huggingface_hub import constants, snapshot_download
-
-    from .doctor import hub_status
 
     cache = hf_home(profile, home) / "hub"
     repos = items_of(names)

@@ -229,7 +229,15 @@ def _resolve_data(spec: Any, key: str, label: str) -> Any:
 
 
 def parse_value(text: str) -> Any:
-    """A -p value as papermill reads it: numbers, true/false/none, else the string ("no" stays "no")."""
+    """A -p value as papermill reads it: numbers, true/false/none, else the string ("no" stays "no");
+    and a YAML list or mapping written inline (`-p train_file "[{path: a.jsonl, max_rows: 200}]"`)."""
+    if text[:1] in ("[", "{"):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = None  # e.g. a Jinja template "{% ... %}": kept as the string
+        if isinstance(value, (list, dict)):
+            return value
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"

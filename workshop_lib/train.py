@@ -160,6 +160,10 @@ def _main(args) -> int:
         return 2
     state = "stopped with a checkpoint (resume it)" if result.preempted else "finished"
     print(f"train: {state} at step {result.global_step}/{result.max_steps}: {recipe.run_dir}")
+    if result.system_prompt == "merge":  # the log says what the template report said (result.json too)
+        print(
+            f"train: system prompts were merged into the first user turn (system_prompt: {recipe.system_prompt})"
+        )
     return 0
 
 
