@@ -16,6 +16,9 @@ from workshop_lib.model import REPO_ROOT
 
 PAPERMILL = [sys.executable, "-m", "papermill", "--cwd", str(REPO_ROOT)]
 FAST = {
+    # a few hundred rows: every run tokenizes its data (the whole file is 4000 conversations)
+    "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 400}],
+    "eval_file": [{"path": "data/synthetic/eval.jsonl", "max_rows": 40}],
     "max_steps": 10,
     "logging_steps": 2,
     "save_steps": 10,
