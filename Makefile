@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine (each sets up .venv first, quickly when done already):
-#   make demo   the demo pipeline on the bundled tiny model (notebooks 01 -> 06, headless, into runs/)
+#   make demo   the demo pipeline on the bundled tiny model (notebooks 01 -> 07, headless, into runs/)
 #   make test   lint + the whole test suite (what CI runs; before you stop)
 # While developing: make check   lint + the fast tier (tests not marked slow), on every change
 # Cluster builds of torch: TORCH_SPEC=skip VENV_FLAGS=--system-site-packages make setup  (see README)

@@ -313,3 +313,29 @@ def test_06_preference_tuning(lab, trained_run, tmp_path):
         (r / "result.json").exists() for r in run_folders(tmp_path)
     )
     reopen(lab, "06_preference_tuning")
+
+
+def test_07_grpo(lab, trained_run, tmp_path):
+    """GRPO in JupyterLab: Run All trains a few steps, draws the reward curves, shows a sampled group and the
+    scores before and after; saved and reopened."""
+    params = {
+        "model": str(trained_run / "final"),  # GRPO starts from an SFT model
+        "output_root": str(tmp_path),
+        "max_steps": 2,
+        "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 32}],
+        "eval_file": [{"path": "data/synthetic/eval.jsonl", "max_rows": 8}],
+        "overrides": {
+            "n_generate": 8,
+            "per_device_train_batch_size": 16,
+            "num_generations": 4,
+            "logging_steps": 1,
+        },
+    }
+    saved = run_in_browser(lab, "07_grpo", params, timeout=400)
+    text = output_text(saved)
+    assert "def correct(" in text and "def well_formed(" in text  # the recipe's reward functions, shown
+    assert "image/png" in json.dumps([c.get("outputs", []) for c in saved.cells])  # reward curves
+    (run,) = [r for r in run_folders(tmp_path) if (r / "result.json").exists()]
+    result = json.loads((run / "result.json").read_text())
+    assert {"exact_match_before", "exact_match_after", "reward_before", "reward_after"} <= set(result)
+    reopen(lab, "07_grpo")

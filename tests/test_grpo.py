@@ -1,5 +1,7 @@
 """GRPO for real on the tiny model: the recipe's checks, and the worker path (2 processes, DDP) trains one model with GRPO's own metrics recorded."""
 
+import json
+
 import pytest
 
 from workshop_lib import build, plots, runs, train
@@ -9,7 +11,9 @@ pytestmark = pytest.mark.slow  # GRPO samples answers every step: make test and 
 
 
 def test_a_grpo_recipe_checks_its_keys_and_rewards():
-    with pytest.raises(RecipeError, match="'corect' is not one of correct, well_formed, short"):
+    with pytest.raises(
+        RecipeError, match="'corect' is not one of correct, well_formed, from_the_list, short"
+    ):
         load_recipe("recipes/tiny_grpo.yaml", overrides={"rewards": ["corect"]})
     with pytest.raises(RecipeError, match="rewards are GRPO's reward functions, but trainer is sft"):
         load_recipe("recipes/tiny_cpu.yaml", overrides={"rewards": ["correct"]})
@@ -34,11 +38,15 @@ def test_grpo_on_two_processes_trains_one_model(tmp_path, brief_sft_run):
             "per_device_train_batch_size": 16,
             "num_generations": 4,
             "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 40}],
-            "n_generate": 0,
+            "eval_file": [{"path": "data/synthetic/eval.jsonl", "max_rows": 8}],
+            "n_generate": 8,
             "logging_steps": 1,
         },
     )
-    result = train.fit(recipe)
+    result = train.run(recipe)  # then scored from the run folder: exact match and the mean rewards
+    scored = json.loads((tmp_path / "grpo-ddp" / "result.json").read_text())
+    assert scored["exact_match_n"] == 8 and {"reward_before", "reward_after"} <= set(scored), scored.keys()
+    assert set(scored["rewards_after"]) == {"correct", "well_formed"}
     assert result.group_size == 2 and len({r.param_digest for r in result.ranks.values()}) == 1
     assert (tmp_path / "grpo-ddp" / "final" / "model.safetensors").exists()
     # notebook 04's figure gives GRPO's own metrics their panels

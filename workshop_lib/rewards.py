@@ -31,10 +31,23 @@ def well_formed(completions: list, **_) -> list[float]:
     return [0.2 * bool(ANSWER.match(_text(c).strip())) for c in completions]
 
 
+def from_the_list(prompts: list, completions: list, **_) -> list[float]:
+    """0.5 for naming a word of the user's list ("The fruit is W." with W in a user turn), right or wrong:
+    partial credit. A briefly trained model answers with the category's most frequent word, so every answer of
+    a group is wrong alike and the group teaches nothing; picking from the list is the step towards right."""
+    out = []
+    for prompt, completion in zip(prompts, completions, strict=True):
+        picked = re.match(r"^The \w+ is (\w+)\.$", _text(completion).strip())
+        turns = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+        asked = " ".join(m.get("content", "") for m in turns if m.get("role") == "user")
+        out.append(0.5 * bool(picked and re.search(rf"\b{picked.group(1)}\b", asked)))
+    return out
+
+
 def short(completions: list, max_words: int = 8, **_) -> list[float]:
     """-0.1 per word beyond max_words: a wordy answer is not what the task asks for."""
     return [-0.1 * max(0, len(_text(c).split()) - max_words) for c in completions]
 
 
 # the names a recipe's `rewards:` key takes
-REWARDS = {"correct": correct, "well_formed": well_formed, "short": short}
+REWARDS = {"correct": correct, "well_formed": well_formed, "from_the_list": from_the_list, "short": short}

@@ -126,7 +126,8 @@ def from_run_folder(recipe: Recipe, rows: list[dict]) -> dict[str, dict[str, Any
     for when, load in (("before", export.load_base), ("after", export.load_finetuned)):
         model, tokenizer = load(Path(recipe.run_dir))
         model = model.to(device)
-        scores[when] = exact_match(model, tokenizer, conversations, recipe)
+        score = rewards if recipe.trainer == "grpo" else exact_match  # GRPO: its reward functions too
+        scores[when] = score(model, tokenizer, conversations, recipe)
         if dpo:
             ref = scores.get("preference_before")
             scores[f"preference_{when}"] = preferences(model, tokenizer, rows, recipe, reference=ref)
@@ -135,13 +136,16 @@ def from_run_folder(recipe: Recipe, rows: list[dict]) -> dict[str, dict[str, Any
 
 
 def summary(before: dict | None, after: dict | None) -> dict[str, Any]:
-    """The fields result.json keeps: exact match before/after, their n, and 20 examples of each."""
+    """The fields result.json keeps: exact match before/after, their n, 20 examples of each (GRPO: the mean
+    rewards too)."""
     out: dict[str, Any] = {}
     for when, s in (("before", before), ("after", after)):
         if s:
             out[f"exact_match_{when}"] = s["exact_match"]
             out[f"examples_{when}"] = s["examples"][:20]
             out["exact_match_n"] = s["n"]
+            if "reward" in s:  # GRPO: the mean of the reward functions' sum, and each one's mean
+                out[f"reward_{when}"], out[f"rewards_{when}"] = s["reward"], s["rewards"]
     return out
 
 
@@ -166,9 +170,11 @@ def rewards(model, tokenizer, rows: list[dict], recipe: Recipe) -> dict[str, Any
 
     res = exact_match(model, tokenizer, rows, recipe)
     refs = [ref for _, ref, _ in res["examples"]]
+    prompts = [r["messages"][:-1] for r in list(rows)[: len(refs)]]  # the conversations exact_match answered
     completions = [[{"role": "assistant", "content": a}] for _, _, a in res["examples"]]
-    per = {
-        f.__name__: sum(f(completions, answer=refs)) / max(len(refs), 1) for f in build.reward_funcs(recipe)
+    per = {  # called as TRL calls them: by keyword
+        f.__name__: sum(f(prompts=prompts, completions=completions, answer=refs)) / max(len(refs), 1)
+        for f in build.reward_funcs(recipe)
     }
     return {**res, "rewards": per, "reward": sum(per.values())}
 
@@ -184,7 +190,10 @@ def sampled(model, tokenizer, rows: list[dict], recipe: Recipe, k: int = 4, n_pr
     refs = [r["messages"][-1]["content"].strip() for r in chosen for _ in range(k)]
     answers = generate.answer(model, tokenizer, prompts, recipe.max_new_tokens, temperature=temperature)
     completions = [[{"role": "assistant", "content": a}] for a in answers]
-    scores = {f.__name__: f(completions, answer=refs) for f in build.reward_funcs(recipe)}
+    scores = {
+        f.__name__: f(prompts=prompts, completions=completions, answer=refs)
+        for f in build.reward_funcs(recipe)
+    }
     return [
         {"prompt": p[-1]["content"], "answer": a, "reference": ref, **{n: s[i] for n, s in scores.items()}}
         for i, (p, a, ref) in enumerate(zip(prompts, answers, refs, strict=True))

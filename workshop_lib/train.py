@@ -143,6 +143,8 @@ def run(recipe: Recipe) -> TrainResult:
     print(
         f"held-out exact match: {scores['before']['exact_match']:.1%} -> {scores['after']['exact_match']:.1%}"
     )
+    if "reward" in scores["after"]:
+        print(f"held-out mean reward: {scores['before']['reward']:.3f} -> {scores['after']['reward']:.3f}")
     if preference[1]:
         print(
             f"held-out preference accuracy: {preference[0]['accuracy']:.1%} -> {preference[1]['accuracy']:.1%}, "
