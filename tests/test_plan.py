@@ -403,3 +403,36 @@ def test_other_public_architectures():
     for cfg, billions in ((mixtral, 46.7), (falcon, 6.9), (gemma, 8.5)):
         n = plan.count_parameters(cfg)["total"] / 1e9
         assert abs(n / billions - 1) < 0.03, (cfg["model_type"], n)
+
+
+def test_dpo_and_grpo_count_the_reference_model_and_grpos_generation(tmp_path):
+    """DPO keeps a frozen reference copy of full weights (none with LoRA); GRPO with beta > 0 too, and it
+    samples per_device_train_batch_size x gradient_accumulation_steps sequences at once: their KV cache (Llama
+    3.1 8B: 2 x 32 layers x 8 KV heads x 128 x 2 bytes = 128 KiB a token); with vLLM colocated, vLLM's share."""
+    from workshop_lib.recipe import load_recipe
+
+    model = _model_dir(tmp_path, LLAMA_8B)
+    n = plan.count_parameters(LLAMA_8B)["total"]
+    grpo = {"model": str(model), "beta": 0.04, "per_device_train_batch_size": 8, "max_completion_length": 256}
+    grpo |= {"gradient_accumulation_steps": 2, "nproc_per_node": 8}
+    out = plan.plan_recipe(load_recipe("recipes/tiny_grpo.yaml", overrides=grpo))["memory_gib"]
+    sequences, tokens = 8 * 2, plan.PROMPT_TOKENS + 256
+    kv = sequences * tokens * 128 * 1024 + sequences * 4 * LLAMA_8B["vocab_size"]
+    assert out["generation"] == pytest.approx(kv / 2**30, abs=0.01)
+    assert out["reference"] == pytest.approx(2 * n / 2**30, abs=0.01)  # bf16 weights once more
+    assert (
+        plan.plan_recipe(load_recipe("recipes/tiny_grpo.yaml", overrides={**grpo, "beta": 0.0}))[
+            "memory_gib"
+        ]["reference"]
+        == 0
+    )
+    dpo = load_recipe("recipes/tiny_dpo.yaml", overrides={"model": str(model)})
+    assert plan.plan_recipe(dpo)["memory_gib"]["reference"] == pytest.approx(2 * n / 2**30, abs=0.01)
+    lora = load_recipe("recipes/tiny_dpo.yaml", overrides={"model": str(model), "method": "lora"})
+    assert plan.plan_recipe(lora)["memory_gib"]["reference"] == 0  # the base without its adapters
+    # vLLM colocated: its share of each GPU replaces the KV cache counted above
+    vllm = load_recipe(
+        "recipes/tiny_grpo.yaml", overrides={**grpo, "use_vllm": True, "vllm_mode": "colocate"}
+    )
+    planned = plan.plan_recipe(vllm, gpu_memory_gb=80)
+    assert planned["memory_gib"]["generation"] == pytest.approx(0.3 * 80e9 / 2**30, abs=0.01)

@@ -133,18 +133,41 @@ def recipe_settings(recipe: Any) -> dict[str, Any]:
     ckpt = sft.get("activation_checkpointing", sft.get("gradient_checkpointing"))
     ds = sft.get("deepspeed") if isinstance(sft.get("deepspeed"), dict) else {}
     bucket = (ds.get("zero_optimization") or {}).get("reduce_bucket_size")
-    return dict(
-        method=_kit(recipe, "method"),
-        # the kit trains in bf16 on GPUs unless the recipe says bf16: false (then fp32)
-        precision="fp32" if sft.get("bf16") is False and not sft.get("fp16") else "bf16",
-        optimizer=str(sft.get("optim") or "adamw"),
-        strategy=_kit(recipe, "distributed"),
-        seq_len=int(sft.get("max_length") or 2048),
-        micro_batch=int(sft.get("per_device_train_batch_size") or 1),
-        activation_checkpointing=True if ckpt is None else bool(ckpt),  # the kit's GPU default
-        lora_r=int(recipe.lora.get("r", 16)),
-        **({"reduce_bucket_size": int(bucket)} if isinstance(bucket, (int, float)) else {}),
-    )
+    return {
+        **dict(
+            method=_kit(recipe, "method"),
+            # the kit trains in bf16 on GPUs unless the recipe says bf16: false (then fp32)
+            precision="fp32" if sft.get("bf16") is False and not sft.get("fp16") else "bf16",
+            optimizer=str(sft.get("optim") or "adamw"),
+            strategy=_kit(recipe, "distributed"),
+            seq_len=int(sft.get("max_length") or 2048),
+            micro_batch=int(sft.get("per_device_train_batch_size") or 1),
+            activation_checkpointing=True if ckpt is None else bool(ckpt),  # the kit's GPU default
+            lora_r=int(recipe.lora.get("r", 16)),
+            **({"reduce_bucket_size": int(bucket)} if isinstance(bucket, (int, float)) else {}),
+        ),
+        **_preference_and_rl(recipe),  # GRPO's seq_len replaces max_length
+    }
+
+
+PROMPT_TOKENS = 512  # GRPO prompts have no length limit in TRL: a planning guess, said in the plan's notes
+
+
+def _preference_and_rl(recipe: Any) -> dict[str, Any]:
+    """DPO and GRPO: the reference model (DPO always, GRPO when beta > 0) and GRPO's generation: TRL samples
+    per_device_train_batch_size x steps_per_generation (default: gradient_accumulation_steps) sequences at
+    once on each GPU, each a prompt plus max_completion_length tokens. With vLLM colocated, plan_recipe adds
+    vLLM's share instead."""
+    trl, trainer = recipe.trl, recipe.trainer
+    out: dict[str, Any] = {}
+    if trainer == "dpo" or (trainer == "grpo" and float(trl.get("beta") or 0.0) > 0):
+        out["reference"] = True
+    if trainer == "grpo" and not trl.get("use_vllm"):
+        steps = int(trl.get("steps_per_generation") or trl.get("gradient_accumulation_steps") or 1)
+        sequences = int(trl.get("per_device_train_batch_size") or 8) * steps
+        out["generation"] = (sequences, PROMPT_TOKENS + int(trl.get("max_completion_length") or 512))
+        out["seq_len"] = out["generation"][1]  # training sees prompt + completion
+    return out
 
 
 def plan_recipe(
@@ -175,12 +198,20 @@ def plan_recipe(
             k: round(v, 2) for k, v in mem.items() if k not in ("parameters", "trainable", "quantization")
         },
     }
+    share = 0.0
+    if gpu_memory_gb and recipe.trainer == "grpo" and recipe.trl.get("use_vllm"):
+        # vLLM colocated reserves its share of each GPU for weights and KV cache
+        share = float(recipe.trl.get("vllm_gpu_memory_utilization") or 0.3) * gb_to_gib(gpu_memory_gb)
+        mem["generation"] = share
+        mem["total"] += share
+        out["memory_gib"]["generation"] = round(share, 2)
+        out["memory_gib"]["total"] = round(mem["total"], 2)
     if gpu_memory_gb:
         capacity = gb_to_gib(gpu_memory_gb)
         out["gpu_memory_gb"] = gpu_memory_gb
         out["gpu_memory_gib"] = round(capacity, 2)
         out["fits"] = mem["total"] <= 0.9 * capacity
-        nodes = plan_nodes(cfg, gpu_memory_gb, gpus, **kw)
+        nodes = plan_nodes(cfg, gpu_memory_gb, gpus, reserved_gib=share, **kw)
         out["min_nodes"], out["comfortable_nodes"] = nodes["min_nodes"], nodes["comfortable_nodes"]
     if peak_tflops and tokens:
         seconds = time_per_epoch(

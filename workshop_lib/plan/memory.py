@@ -29,6 +29,11 @@ does (train.load_model, build.trl_config); benchmarks/planner_check.py measures 
       before the first layer is recomputed).
       Outside the layers: the final norm (4h + b*h) and the logits, 12 * vocab bytes per token (bf16
       logits, their fp32 copy in the loss, log-softmax and its gradient).
+  reference model (DPO; GRPO with beta > 0): a frozen copy of the weights, b*N (ZeRO-3: b*N/W); none with
+      LoRA (the base with its adapters switched off is the reference).
+  generation (GRPO, in the training process): the KV cache of every sequence generated at once,
+      2 (k and v) * layers * kv_heads * head_dim * b per token, plus fp32 logits of one step (4 * vocab per
+      sequence). With vLLM colocated, vLLM's own share of the GPU (vllm_gpu_memory_utilization) instead.
   overhead: 2 GiB per GPU: CUDA/ROCm context, NCCL/RCCL buffers, allocator fragmentation.
 Time: FLOPs per token = 6N for full fine-tuning (2N forward + 4N backward), 4N for LoRA (no weight
 gradients for the frozen base), + 2N with activation checkpointing (the forward is recomputed).
@@ -106,8 +111,12 @@ def estimate_memory(
     world_size: int = 1,
     lora_r: int = 16,
     reduce_bucket_size: int = DEEPSPEED_REDUCE_BUCKET,
+    reference: bool = False,
+    generation: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Per-GPU memory in GiB: weights, gradients, optimizer, buffers, activations, overhead, total."""
+    """Per-GPU memory in GiB: weights, gradients, optimizer, buffers, activations, reference, generation,
+    overhead, total. reference: DPO/GRPO keep a frozen copy of the model; generation: (sequences generated at
+    once on a GPU, tokens each) for GRPO sampling in the training process (see module doc)."""
     c = count_parameters(cfg)
     src = cfg.get("_source", "config")
     quant = quantization(cfg)
@@ -164,7 +173,15 @@ def estimate_memory(
         lora=method != "full",
         sdpa=supports_sdpa(c["model_type"]),
     )
+    ref = 0.0
+    if reference and method == "full":
+        ref = stored_weight_bytes(c, quant, b) / (w if strategy == "zero3" else 1)
+    gen = 0.0
+    if generation:
+        sequences, tokens = generation
+        gen = sequences * (tokens * 2 * c["layers"] * c["kv_heads"] * c["head_dim"] * b + 4 * c["vocab"])
     out = {"weights": weights, "gradients": grads, "optimizer": opt, "buffers": buffers, "activations": act}
+    out |= {"reference": ref, "generation": gen}
     out = {k: v / GiB for k, v in out.items()}
     out["overhead"] = OVERHEAD_GIB
     out["total"] = sum(out.values())
@@ -185,6 +202,7 @@ def plan_nodes(
     max_nodes: int = 64,
     headroom: float = 0.9,
     comfortable: float = 0.7,
+    reserved_gib: float = 0.0,
     **kw: Any,
 ) -> dict[str, Any]:
     """Smallest node count whose per-GPU estimate fits (<= 90% of memory), and the smallest with room to
@@ -195,6 +213,7 @@ def plan_nodes(
     rows = []
     for nodes in range(1, max_nodes + 1):
         est = estimate_memory(cfg, world_size=nodes * gpus_per_node, **kw)
+        est["total"] += reserved_gib  # memory another program holds on each GPU (vLLM colocated)
         rows.append((nodes, round(est["total"], 2)))
         if fits is None and est["total"] <= headroom * capacity:
             fits = nodes
