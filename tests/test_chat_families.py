@@ -772,3 +772,44 @@ if __name__ == "__main__":  # explore: python tests/test_chat_families.py
             print("--- prepared:\n" + str(chat.prepare_tokenizer(tok)))
         except chat.TemplateError as e:
             print("--- refused:", str(e)[:1500])
+
+
+def test_a_rows_tools_and_chat_template_kwargs_reach_the_template(tiny_model_dir, tmp_path):
+    """As TRL's SFTTrainer does, a row's `tools` and `chat_template_kwargs` go to the template: the tool
+    schemas are in the prompt, and Llama 3.1 ends a built-in tool call (builtin_tools) with <|eom_id|>, trained."""
+
+    from workshop_lib import data
+
+    fam = next(f for f in FAMILIES if f.name == "llama3_1")
+    tok = family_tokenizer(tiny_model_dir, fam)
+    chat.prepare_tokenizer(tok)
+    weather = {"type": "function", "function": {"name": "weather", "description": "Weather in a city"}}
+    weather["function"]["parameters"] = {"type": "object", "properties": {"city": {"type": "string"}}}
+    search = [
+        {"role": "user", "content": "Who won the 2025 Finlandia Hiihto?"},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"function": {"name": "brave_search", "arguments": {"query": "Finlandia Hiihto 2025"}}}
+            ],
+        },
+        {"role": "ipython", "content": "Perttu Hyvärinen won."},
+        {"role": "assistant", "content": "Perttu Hyvärinen won it."},
+    ]
+    rows = [
+        {"messages": chat.TOOL_CALL, "tools": [weather]},
+        {"messages": search, "chat_template_kwargs": {"builtin_tools": ["brave_search"]}},
+        {"messages": chat.TOOL_CALL},
+    ]
+    path = tmp_path / "tools.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded, _ = data.load_training_rows(str(path))  # the loader keeps both columns
+    assert loaded[1]["chat_template_kwargs"] == {"builtin_tools": ["brave_search"]} and "tools" in loaded[0]
+    ds = chat.tokenize_dataset(data.to_dataset(loaded), tok)  # as training builds it
+    texts = [tok.decode(x) for x in ds["input_ids"]]
+    trained = [tok.decode([t for t in y if t != chat.IGNORE]) for y in ds["labels"]]
+    with_schema = [t for t in texts if '"description": "Weather in a city"' in t]
+    assert len(with_schema) == 2, texts  # the first row's two samples (one per answer), not the third row's
+    calls = [t for t in trained if "brave_search.call" in t]
+    assert len(calls) == 1 and calls[0].endswith("<|eom_id|>"), trained  # a built-in call ends with eom
+    assert sum(t.endswith("<|eot_id|>") for t in trained) == len(trained) - 1

@@ -19,6 +19,9 @@ def runs(tmp_path_factory):
         recipe = R.load_recipe(
             REPO_ROOT / "recipes" / "tiny_cpu.yaml",
             overrides={
+                # a few hundred rows: each run tokenizes its data, and evaluates the held-out rows
+                "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 300}],
+                "eval_file": [{"path": "data/synthetic/eval.jsonl", "max_rows": 40}],
                 "max_steps": 12,
                 "logging_steps": 2,
                 "save_steps": 6,

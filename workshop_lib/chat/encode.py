@@ -7,6 +7,8 @@ participant sees in notebook 02 is what the loss is computed on. Templates that 
 
 from __future__ import annotations
 
+import json
+
 from .samples import encode_per_answer, has_reasoning, refuse_dropped_content
 from .templates import GENERATION_RE, IGNORE, SAMPLE, TemplateError, per_answer, render_failure, template_of
 
@@ -70,7 +72,12 @@ def end_of_turn_token(tokenizer, template: str | None = None) -> str | None:
 
 
 def encode(
-    batch: list[list[dict]], tokenizer, template: str | None = None, assistant_only: bool = True
+    batch: list[list[dict]],
+    tokenizer,
+    template: str | None = None,
+    assistant_only: bool = True,
+    render: list[dict] | None = None,
+    kw: dict | None = None,
 ) -> dict[str, list[list[int]]]:
     """Tokenize a batch of conversations and label them: the answer tokens keep their id, the rest IGNORE.
 
@@ -78,27 +85,45 @@ def encode(
     apply_chat_template). assistant_only=False trains on every token (labels = input_ids), like TRL
     with assistant_only_loss=False. A conversation whose text the template leaves out (a message's
     content missing from the rendering) is refused: the model would be trained on something else.
+    render: per conversation, what else its template is given, as TRL and inference give it: the row's
+    `tools` (their schemas in the prompt) and `chat_template_kwargs` (Llama 3.1's builtin_tools, which end a
+    built-in tool call with <|eom_id|>). Conversations are rendered in groups of equal arguments (kw).
     """
     text = template_of(tokenizer, template)
+    if render is not None and any(render):
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(render):
+            groups.setdefault(json.dumps(r or {}, sort_keys=True, default=str), []).append(i)
+        out: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+        for key, idx in groups.items():  # (dataset rows need not keep their order inside a batch)
+            part = encode([batch[i] for i in idx], tokenizer, text, assistant_only, kw=json.loads(key))
+            out["input_ids"] += part["input_ids"]
+            out["labels"] += part["labels"]
+        return out
+    kw = kw or {}
     if assistant_only and per_answer(text):
-        ids, labels, _ = encode_per_answer(batch, tokenizer, text)
+        ids, labels, _ = encode_per_answer(batch, tokenizer, text, kw)
         return {"input_ids": ids, "labels": labels}
     split = [i for i, conv in enumerate(batch) if has_reasoning(conv)]
     if assistant_only and split:
         # reasoning is rendered as each template renders it at inference (most keep only the last turn's):
         # those conversations are trained one sample per answer, the others as usual, in their order
-        ids, labels, where = encode_per_answer([batch[i] for i in split], tokenizer, text)
+        ids, labels, where = encode_per_answer([batch[i] for i in split], tokenizer, text, kw)
         rest = [i for i in range(len(batch)) if i not in split]
-        whole = encode([batch[i] for i in rest], tokenizer, text) if rest else {"input_ids": [], "labels": []}
+        whole = (
+            encode([batch[i] for i in rest], tokenizer, text, kw=kw)
+            if rest
+            else {"input_ids": [], "labels": []}
+        )
         rows = [(split[w], x, y) for w, x, y in zip(where, ids, labels, strict=True)]
         rows += [(i, x, y) for i, x, y in zip(rest, whole["input_ids"], whole["labels"], strict=True)]
         rows.sort(key=lambda r: r[0])
         return {"input_ids": [r[1] for r in rows], "labels": [r[2] for r in rows]}
     if not assistant_only:
         try:
-            ids = tokenizer.apply_chat_template(batch, chat_template=text, tokenize=True, return_dict=True)[
-                "input_ids"
-            ]
+            ids = tokenizer.apply_chat_template(
+                batch, chat_template=text, tokenize=True, return_dict=True, **kw
+            )["input_ids"]
         except Exception as e:
             raise TemplateError(render_failure(e, batch)) from e
         return {"input_ids": ids, "labels": [list(x) for x in ids]}
@@ -109,11 +134,11 @@ def encode(
             "Run chat.prepare_tokenizer(tokenizer): it checks the template and makes it training-ready."
         )
     try:
-        ids, masks, rendered = encode_with_masks(batch, tokenizer, text)
+        ids, masks, rendered = encode_with_masks(batch, tokenizer, text, kw)
     except Exception as e:
         for i, conv in enumerate(batch):  # find the offending conversation to name it
             try:
-                tokenizer.apply_chat_template(conv, chat_template=text, tokenize=False)
+                tokenizer.apply_chat_template(conv, chat_template=text, tokenize=False, **kw)
             except Exception as e_one:
                 raise TemplateError(render_failure(e_one, conv, i)) from e_one
         raise TemplateError(render_failure(e, batch)) from e
@@ -132,7 +157,7 @@ def encode(
 
 
 def encode_with_masks(
-    batch: list[list[dict]], tokenizer, text: str
+    batch: list[list[dict]], tokenizer, text: str, kw: dict | None = None
 ) -> tuple[list[list[int]], list[list[int]], list[str] | None]:
     """apply_chat_template(..., return_assistant_tokens_mask=True) for a batch, done in bulk.
 
@@ -144,7 +169,12 @@ def encode_with_masks(
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is None or not hasattr(backend, "encode_batch"):
         out = tokenizer.apply_chat_template(
-            batch, chat_template=text, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            batch,
+            chat_template=text,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            **(kw or {}),
         )
         return out["input_ids"], out["assistant_masks"], None
     import numpy as np
@@ -155,7 +185,7 @@ def encode_with_masks(
         conversations=convs,
         chat_template=text,
         return_assistant_tokens_mask=True,
-        **tokenizer.special_tokens_map,
+        **{**tokenizer.special_tokens_map, **(kw or {})},
     )
     encodings = backend.encode_batch(rendered, add_special_tokens=False)
     ids, masks = [], []
@@ -197,7 +227,7 @@ def tokenize_dataset(
 
     def fn(b):
         convs = [merge_system_prompt(c) for c in b["messages"]] if merge else b["messages"]
-        return encode(convs, tokenizer, text, assistant_only)
+        return encode(convs, tokenizer, text, assistant_only, render_arguments(b))
 
     return dataset.map(
         fn,
@@ -207,6 +237,21 @@ def tokenize_dataset(
         remove_columns=dataset.column_names,
         desc="Tokenizing and labelling",
     )
+
+
+def render_arguments(batch: dict) -> list[dict] | None:
+    """Per row of a dataset batch, what else the template is given (as TRL's SFTTrainer does): `tools`
+    (a list, or JSON text) and `chat_template_kwargs`. None when the rows have neither."""
+    if "tools" not in batch and "chat_template_kwargs" not in batch:
+        return None
+    n = len(batch["messages"])
+    out = []
+    for tools, extra in zip(
+        batch.get("tools", [None] * n), batch.get("chat_template_kwargs", [None] * n), strict=True
+    ):
+        tools = json.loads(tools) if isinstance(tools, str) else tools
+        out.append({**({"tools": tools} if tools else {}), **(extra or {})})
+    return out
 
 
 def collate(features: list[dict], tokenizer, padding_free: bool = True) -> dict:

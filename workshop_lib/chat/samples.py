@@ -25,7 +25,7 @@ def has_reasoning(conv: list[dict]) -> bool:
 
 
 def encode_per_answer(
-    batch: list[list[dict]], tokenizer, text: str
+    batch: list[list[dict]], tokenizer, text: str, kw: dict | None = None
 ) -> tuple[list[list[int]], list[list[int]], list[int]]:
     """One sample per answer, each rendered exactly as inference renders that turn: (ids, labels, conversation).
 
@@ -40,8 +40,8 @@ def encode_per_answer(
         for k, m in enumerate(conv):
             if m.get("role") != "assistant":
                 continue
-            prompt = try_render(tokenizer, text, conv[:k], True)
-            full = try_render(tokenizer, text, conv[: k + 1])
+            prompt = try_render(tokenizer, text, conv[:k], True, **(kw or {}))
+            full = try_render(tokenizer, text, conv[: k + 1], **(kw or {}))
             for out in (prompt, full):
                 if isinstance(out, Exception):
                     raise TemplateError(render_failure(out, conv[: k + 1], i)) from out

@@ -120,11 +120,12 @@ def render(
         raise TemplateError(render_failure(e, messages)) from e
 
 
-def try_render(tokenizer, text: str, messages: list[dict], add_generation_prompt: bool = False):
-    """The rendering, or the exception the template raised (for probing what a template accepts)."""
+def try_render(tokenizer, text: str, messages: list[dict], add_generation_prompt: bool = False, **kw):
+    """The rendering, or the exception the template raised (for probing what a template accepts). kw: what
+    else the template is given (a row's tools, its chat_template_kwargs)."""
     try:
         return tokenizer.apply_chat_template(
-            messages, chat_template=text, tokenize=False, add_generation_prompt=add_generation_prompt
+            messages, chat_template=text, tokenize=False, add_generation_prompt=add_generation_prompt, **kw
         )
     except Exception as e:
         return e

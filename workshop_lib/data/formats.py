@@ -54,6 +54,9 @@ class Converted:
 
     messages: Any
     tools: Any = None
+    template_kwargs: dict | None = (
+        None  # the row's chat_template_kwargs (TRL's column): the template's extras
+    )
     fields: dict[str, str] = field(default_factory=dict)  # "messages[1].content" -> "conversations[1].value"
     # (index, the turn's field, its role key, its content key, a call written as text): expanded into
     # `fields` only when a problem needs naming, so valid rows pay nothing for it
@@ -202,6 +205,7 @@ def convert(record: dict, fmt: str, columns: dict[str, str] | None = None, parts
             msgs = [{"role": "system", "content": record["system"]}, *msgs]
         out.messages = msgs
         out.tools = _tools(record, out)
+        out.template_kwargs = record.get("chat_template_kwargs") or None
         return out
     if fmt == "alpaca":
         prompt = record.get("instruction")

@@ -33,7 +33,8 @@ def load_conversations(
 ) -> tuple[list[dict], Report]:
     """Load a file, folder or hub dataset in any supported format as validated {"messages": [...]} rows.
 
-    Rows keep "tools" when they declare tools, and "metadata" for conversations cut from message trees
+    Rows keep "tools" when they declare tools, "chat_template_kwargs" when they have them, and "metadata"
+    for conversations cut from message trees
     (`paths`: "all" root-to-leaf paths, or the "best"-ranked one per tree). `parts="keep"` keeps
     list-of-parts content as lists instead of joining the text. on_error="raise" raises DataError listing
     every problem; "drop" keeps the valid rows and returns the problems in the report (nothing is dropped
@@ -95,7 +96,10 @@ def load_conversations(
         if found:
             report.dropped += 1
         else:
-            out.append({"messages": conv.messages, **({"tools": conv.tools} if conv.tools else {})})
+            row = {"messages": conv.messages, **({"tools": conv.tools} if conv.tools else {})}
+            if isinstance(conv.template_kwargs, dict):  # e.g. Llama 3.1's builtin_tools
+                row["chat_template_kwargs"] = conv.template_kwargs
+            out.append(row)
     if tree_rows:
         formats["oasst"] += len(tree_rows)
         out += _from_trees(tree_rows, file, paths, report)

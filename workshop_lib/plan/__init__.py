@@ -158,7 +158,7 @@ def _preference_and_rl(recipe: Any) -> dict[str, Any]:
     per_device_train_batch_size x steps_per_generation (default: gradient_accumulation_steps) sequences at
     once on each GPU, each a prompt plus max_completion_length tokens. With vLLM colocated, plan_recipe adds
     vLLM's share instead."""
-    trl, trainer = recipe.trl, recipe.trainer
+    trl, trainer = recipe.trl, getattr(recipe, "trainer", "sft")
     out: dict[str, Any] = {}
     if trainer == "dpo" or (trainer == "grpo" and float(trl.get("beta") or 0.0) > 0):
         out["reference"] = True
@@ -199,7 +199,7 @@ def plan_recipe(
         },
     }
     share = 0.0
-    if gpu_memory_gb and recipe.trainer == "grpo" and recipe.trl.get("use_vllm"):
+    if gpu_memory_gb and getattr(recipe, "trainer", "sft") == "grpo" and recipe.trl.get("use_vllm"):
         # vLLM colocated reserves its share of each GPU for weights and KV cache
         share = float(recipe.trl.get("vllm_gpu_memory_utilization") or 0.3) * gb_to_gib(gpu_memory_gb)
         mem["generation"] = share
