@@ -53,3 +53,38 @@ def test_grpo_on_two_processes_trains_one_model(tmp_path, brief_sft_run):
     fig = plots.plot_runs([runs.load_run(tmp_path / "grpo-ddp")])
     titles = {ax.get_title() for ax in fig.axes}
     assert {"mean reward (train)", "reward spread in a group", "groups without signal"} <= titles, titles
+
+
+def test_grpo_resumed_on_two_processes_ends_with_the_parameters_of_an_uninterrupted_run(
+    tmp_path, brief_sft_run
+):
+    """GRPO samples its answers: a run resumed from a checkpoint must sample the same ones (the checkpoint keeps
+    every rank's random state) and end with the uninterrupted run's parameters."""
+    import shutil
+
+    from test_train import cut_back_to
+
+    common = {
+        "model": str(brief_sft_run / "final"),
+        "output_root": str(tmp_path),
+        "nproc_per_node": 2,
+        "max_steps": 6,
+        "save_steps": 1,
+        "save_total_limit": None,
+        "per_device_train_batch_size": 16,
+        "num_generations": 4,
+        "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 64}],
+        "eval_file": None,
+        "n_generate": 0,
+        "logging_steps": 1,
+    }
+    straight = train.fit(load_recipe("recipes/tiny_grpo.yaml", overrides={**common, "run_name": "straight"}))
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    (tmp_path / "resumed" / "tries.jsonl").unlink()
+    cut_back_to(tmp_path / "resumed", 3)  # as a run stopped after checkpoint-3 leaves it
+    resumed = load_recipe(
+        "recipes/tiny_grpo.yaml", overrides={**common, "run_name": "resumed", "resume": True}
+    )
+    result = train.fit(resumed)
+    assert result.resumed_from == "checkpoint-3" and result.global_step == 6
+    assert result.param_digest == straight.param_digest
