@@ -34,8 +34,7 @@ def test_lab_job_serves_the_notebooks_trains_and_ends_on_scancel(cluster, tmp_pa
     root = tmp_path / "notebooks"  # what JupyterLab opens: a copy of 03 with a short run's parameters
     root.mkdir()
     nb = load_notebook_node(str(REPO_ROOT / "notebooks" / "03_train.ipynb"))
-    params = {
-        "output_root": str(tmp_path / "runs"),
+    params = {  # no output_root: the job's WORKSHOP_OUTPUT_ROOT (the --output-root below) is where runs go
         "max_steps": 6,
         "overrides": {
             "logging_steps": 2,
@@ -68,7 +67,7 @@ def test_lab_job_serves_the_notebooks_trains_and_ends_on_scancel(cluster, tmp_pa
             "--root",
             str(root),
             "--output-root",
-            str(tmp_path),
+            str(tmp_path / "runs"),
             "--wait-s",
             "180",
         ],
@@ -99,7 +98,7 @@ def test_lab_job_serves_the_notebooks_trains_and_ends_on_scancel(cluster, tmp_pa
         lab.run_all(400)
         saved = lab.save("03_train.ipynb")
         assert not errors_in(saved), errors_in(saved)
-        (run,) = (tmp_path / "runs").iterdir()
+        (run,) = [p for p in (tmp_path / "runs").iterdir() if p.name != "lab"]  # lab/: the job's own folder
         assert (run / "final").is_dir() and (run / "result.json").exists()
         # what runs for this job now: JupyterLab and the notebook's kernel
         pids = subprocess.run(

@@ -93,7 +93,11 @@ def test_03_restart_half_way_then_the_recipe_cell_then_run_all(kernel03, tmp_pat
     assert not (half / "final").exists() and (done / "final").is_dir() and not k.error_outputs()
 
 
-def test_06_run_all_twice_starts_from_the_newest_sft_run(short_sft_run):
+def test_06_without_a_finished_sft_run_says_what_to_do_then_run_all_twice(short_sft_run, tmp_path):
+    """First pointed at a folder with no finished SFT run: one error that says what to do, nothing written.
+    Then, in the same kernel, at the folder of a finished run: Run All twice starts from it each time."""
+    (tmp_path / "half").mkdir()  # a run folder that never finished
+    (tmp_path / "half" / "recipe.yaml").write_text("trainer: sft\n")
     root = short_sft_run.parent
     small = {
         "train_file": [{"path": "data/synthetic/pairs_train.jsonl", "max_rows": 32}],
@@ -105,7 +109,15 @@ def test_06_run_all_twice_starts_from_the_newest_sft_run(short_sft_run):
         "warmup_steps": 0,
     }
     with Kernel("06_preference_tuning.ipynb", env={"OMP_NUM_THREADS": "1"}) as k:
+        k.set(output_root=str(tmp_path))
+        error = k.run()
+        assert error is not None and "RunError" in k.error_outputs()[0]
+        shown = k.error_outputs()[0]
+        assert "no finished sft run" in shown and "half" in shown and "notebooks/03_train.ipynb" in shown
+        assert [p.name for p in tmp_path.iterdir()] == ["half"]  # nothing written
+
         k.set(output_root=str(root), overrides=small, max_steps=4, num_train_epochs=None)
+        k.clear()
         k.run_all()
         k.run_all()
         assert not k.error_outputs()
@@ -113,18 +125,6 @@ def test_06_run_all_twice_starts_from_the_newest_sft_run(short_sft_run):
         assert len(dpo) == 2 and all((r / "final").is_dir() for r in dpo)
         assert all(recipe_of(r)["model"] == str(short_sft_run / "final") for r in dpo)
         assert str(short_sft_run.name) in k.text()  # it says which run it starts from
-
-
-def test_06_without_a_finished_sft_run_says_what_to_do(tmp_path):
-    (tmp_path / "half").mkdir()  # a run folder that never finished
-    (tmp_path / "half" / "recipe.yaml").write_text("trainer: sft\n")
-    with Kernel("06_preference_tuning.ipynb") as k:
-        k.set(output_root=str(tmp_path))
-        error = k.run()
-        assert error is not None and "RunError" in k.error_outputs()[0]
-        shown = k.error_outputs()[0]
-        assert "no finished sft run" in shown and "half" in shown and "notebooks/03_train.ipynb" in shown
-        assert [p.name for p in tmp_path.iterdir()] == ["half"]  # nothing written
 
 
 def test_07_grpo_run_all_twice_from_the_newest_sft_run(short_sft_run):

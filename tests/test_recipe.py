@@ -153,3 +153,29 @@ def test_a_p_value_is_read_as_papermill_reads_it_and_inline_yaml_lists():
     ]
     assert parse_value("[{path: a.jsonl, max_rows: 200}]") == [{"path": "a.jsonl", "max_rows": 200}]
     assert parse_value("{% if x %}y{% endif %}") == "{% if x %}y{% endif %}"  # a template stays a string
+
+
+def test_a_lab_job_sends_every_notebooks_runs_to_the_profiles_per_user_folder(monkeypatch, capsys):
+    """On a workshop day the kit is one shared installation: a lab job's notebooks write run folders under the
+    profile's output_root ($USER expanded), through WORKSHOP_OUTPUT_ROOT, which every default honours."""
+    import argparse
+
+    from workshop_lib import lab, paths
+
+    monkeypatch.setenv("USER", "participant7")
+    args = argparse.Namespace(
+        profile="lumi", output_root=None, root=None, time=None, gpus=None, partition=None, reservation=None
+    )
+    args.dry_run = True
+    assert lab.lab(args) == 0
+    script = capsys.readouterr().out
+    assert 'export WORKSHOP_OUTPUT_ROOT="/scratch/project_462000000/participant7/runs"' in script
+    monkeypatch.setenv("WORKSHOP_OUTPUT_ROOT", "/scratch/project_462000000/participant7/runs")
+    assert (
+        R.load_recipe("recipes/tiny_cpu.yaml").output_root == "/scratch/project_462000000/participant7/runs"
+    )
+    assert paths.default_output_root() == "/scratch/project_462000000/participant7/runs"
+    given = R.load_recipe("recipes/tiny_cpu.yaml", overrides={"output_root": "/tmp/mine"})
+    assert given.output_root == "/tmp/mine"  # a value given wins
+    monkeypatch.delenv("WORKSHOP_OUTPUT_ROOT")
+    assert R.load_recipe("recipes/tiny_cpu.yaml").output_root == str(REPO_ROOT / "runs")

@@ -254,11 +254,12 @@ def check_folder(name: str, path: Path) -> Line:
 
 
 def check_folders() -> list[Line]:
-    from .model import REPO_ROOT, cache_dir
+    from .model import cache_dir
+    from .paths import default_output_root, resolve
 
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     lines = [
-        check_folder("run folder", REPO_ROOT / "runs"),
+        check_folder("run folder", resolve(default_output_root())),
         check_folder("kit cache", cache_dir()),
         check_folder("HF cache", hf_home),
     ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from .jobscript import (  # the job script's own environment
     python_command,
     setup_lines,
 )
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, resolve
 
 TEMPLATE = REPO_ROOT / "slurm" / "lab.sbatch"
 
@@ -41,8 +42,10 @@ def render(
     gpus: int | None,
     partition: str | None,
     reservation: str | None,
+    runs: Path | None = None,
 ) -> str:
-    """The job script for a profile and the options of the command line."""
+    """The job script for a profile and the options of the command line. runs: where the notebooks it
+    serves write their run folders (WORKSHOP_OUTPUT_ROOT)."""
     gpus = profile.get("gpus_per_node") if gpus is None else gpus
     options = {
         "--account": profile.get("account"),
@@ -63,6 +66,7 @@ def render(
         "PYTHON": python_command(profile),
         "TOKEN_FILE": str(folder / "token"),
         "CONNECTION": str(folder / "connection.json"),
+        "RUNS": str(runs or folder.parent.parent),
     }
     text = TEMPLATE.read_text()
     for k, v in fields.items():
@@ -122,9 +126,12 @@ def wait_until_up(job: str, folder: Path, token: str, timeout_s: float) -> dict:
 def lab(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(args.output_root or REPO_ROOT / "runs") / "lab" / f"{getpass.getuser()}-{stamp}"
+    # a shared project: the profile's output_root ($USER expanded), as submit uses it; the notebooks in the
+    # job write their runs there too (WORKSHOP_OUTPUT_ROOT), never into a shared installation
+    runs = resolve(os.path.expandvars(args.output_root or str(profile.get("output_root") or "runs")))
+    folder = runs / "lab" / f"{getpass.getuser()}-{stamp}"
     root = Path(args.root).resolve() if args.root else REPO_ROOT
-    script = render(profile, folder, root, args.time, args.gpus, args.partition, args.reservation)
+    script = render(profile, folder, root, args.time, args.gpus, args.partition, args.reservation, runs)
     if args.dry_run:
         print(script)
         return 0

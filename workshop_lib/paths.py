@@ -7,6 +7,7 @@ parameter or a command line means "relative to the repository", resolved here, o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -26,3 +27,10 @@ def resolve_source(name: str) -> str:
     if p.exists() or Path(name).suffix in DATA_SUFFIXES or name.startswith((".", "/", "~")):
         return str(p)
     return name
+
+
+def default_output_root() -> str:
+    """Where run folders go when nothing names the place: $WORKSHOP_OUTPUT_ROOT (a `lab` job sets it from the
+    profile's output_root, e.g. /scratch/<project>/$USER/runs, so participants sharing one installation never
+    meet), else runs/ in the repository."""
+    return os.environ.get("WORKSHOP_OUTPUT_ROOT") or "runs"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .paths import REPO_ROOT
+from .paths import default_output_root, resolve
 from .runs import Run, differing_params, load_run, params_table, summary_table
 
 
@@ -319,7 +319,9 @@ def write_report(
     """Loss curves (PNG + SVG) and summary table (CSV + Markdown) of runs, written into `out_dir`:
     by default the run folder for one run, runs/comparison for several. Used by notebook 04 and `plot`."""
     target = (
-        Path(out_dir) if out_dir else (runs[0].path if len(runs) == 1 else REPO_ROOT / "runs" / "comparison")
+        Path(out_dir)
+        if out_dir
+        else (runs[0].path if len(runs) == 1 else resolve(default_output_root()) / "comparison")
     )
     fig = plot_runs(runs, x=x, smoothing=smoothing)
     written = save_figure(fig, target / "loss_curves")

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .paths import resolve, resolve_source
+from .paths import default_output_root, resolve, resolve_source
 from .rewards import REWARDS
 from .trainers import KINDS, TRAINERS, trl_fields
 
@@ -67,7 +67,7 @@ class Recipe:
     hang_timeout_s: int | None = None  # no optimizer step this long: stacks, root cause, end (None: auto)
     # --- where
     run_name: str = "demo"  # the run folder is <output_root>/<run_name>
-    output_root: str = "runs"  # where run folders live
+    output_root: str = "runs"  # where run folders live ($WORKSHOP_OUTPUT_ROOT when set: a lab job sets it)
     resume: bool = False  # continue the run folder's last checkpoint (a run is never overwritten)
     # --- scoring (notebooks 03 and 05)
     n_generate: int = 200  # held-out conversations answered for exact match before/after (0: skip)
@@ -321,7 +321,7 @@ def load_recipe(
             kit[key] = _resolve_data(kit[key], key, label)
     kit.setdefault("train_file", _resolve_data(Recipe.train_file, "train_file", label))
     kit.setdefault("eval_file", _resolve_data(Recipe.eval_file, "eval_file", label))
-    kit["output_root"] = str(resolve(kit.get("output_root", Recipe.output_root)))
+    kit["output_root"] = str(resolve(kit.get("output_root") or default_output_root()))
     if kit.get("model", "tiny") != "tiny":
         kit["model"] = resolve_source(kit["model"])
 
