@@ -74,13 +74,21 @@ def test_lumi_kernel_starts_python_inside_the_container(prefix, monkeypatch):
     for tool in ("module", "singularity"):
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("USER", "instructor")  # installs it once for everyone (--prefix) ...
     done = cli("install", "--profile", "lumi", "--prefix", str(prefix))
     assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("USER", "participant7")  # ... a participant's session starts it
     shown = run_in(
         "workshop-kit-lumi",
-        "import os; print(os.environ['NCCL_SOCKET_IFNAME'], os.environ['HF_HUB_OFFLINE'], os.environ.get('WORKSHOP_CPU_BIND'))",
+        "import os; print(os.environ['NCCL_SOCKET_IFNAME'], os.environ['HF_HUB_OFFLINE'], os.environ.get('WORKSHOP_CPU_BIND'), os.environ['WORKSHOP_OUTPUT_ROOT'])",
     )
-    assert shown.split() == ["hsn0,hsn1,hsn2,hsn3", "1", "None"]
+    # the profile's output_root, $USER expanded by the kernel's own start: each participant's runs apart
+    assert shown.split() == [
+        "hsn0,hsn1,hsn2,hsn3",
+        "1",
+        "None",
+        "/scratch/project_462000000/participant7/runs",
+    ]
     calls = log.read_text().splitlines()
     assert calls[:2] == ["module use /appl/local/laifs/modules", "module load lumi-aif-singularity-bindings"]
     assert calls[2].startswith(f"singularity exec --bind {REPO_ROOT} /appl/local/laifs/containers/")

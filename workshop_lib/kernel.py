@@ -44,10 +44,20 @@ def script(profile: dict) -> str:
             setup_lines(profile),
             "# an interactive session may hold part of a node: no fixed per-GPU core masks (jobs keep them)",
             "unset WORKSHOP_CPU_BIND",
+            _output_root_line(profile),
             f'exec {python_command(profile)} -m ipykernel_launcher -f "$1"',
             "",
         ]
     )
+
+
+def _output_root_line(profile: dict) -> str:
+    """Runs of the notebooks go to the profile's output_root, $USER expanded when the kernel starts: one
+    kernel spec installed for everyone (--prefix) still keeps each participant's runs in their own folder."""
+    root = profile.get("output_root")
+    if not root:
+        return "# the profile names no output_root: runs go to runs/ in the kit's folder"
+    return f'export WORKSHOP_OUTPUT_ROOT="{root}"'
 
 
 def install(profile_name: str, prefix: str | None = None, user: bool = True) -> Path:
