@@ -87,15 +87,16 @@ def demo(name: str | None, recipe_file: str = "recipes/tiny_cpu.yaml") -> int:
         "06_preference_tuning": {"model": str(brief_dir / "final"), "run_name": dpo_dir.name},
         "07_grpo": {"model": str(brief_dir / "final"), "run_name": grpo_dir.name, "max_steps": GRPO_STEPS},
     }
+    for nb in ("06_preference_tuning", "07_grpo"):
+        params[nb]["output_root"] = str(REPO_ROOT / "runs")
     brief = {  # notebook 03 again, briefly: a model that is right only sometimes
         **params["03_train"],
         "run_name": brief_dir.name,
         "max_steps": BRIEF_STEPS,
         "overrides": {"eval_strategy": "no", "save_steps": BRIEF_STEPS},
     }
-    steps = [(nb, nb_dir, params[nb]) for nb in NOTEBOOKS[:5]]
-    steps += [("03_train", brief_dir / "notebooks", brief)]
-    steps += [(nb, nb_dir, {**params[nb], "output_root": str(REPO_ROOT / "runs")}) for nb in NOTEBOOKS[5:]]
+    steps = [(nb, nb_dir, params[nb]) for nb in NOTEBOOKS]
+    steps.insert(NOTEBOOKS.index("06_preference_tuning"), ("03_train", brief_dir / "notebooks", brief))
     for nb, out_dir, parameters in steps:
         t = time.time()
         print(f"demo: running {nb} -> {parameters.get('run_name', run_dir.name)} ...", flush=True)

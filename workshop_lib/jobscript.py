@@ -8,6 +8,7 @@ hang (hang_requeues) are profile keys too. submit.py validates the run and queue
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -41,6 +42,12 @@ def load_profile(name_or_path: str) -> dict:
     profile = yaml.safe_load(path.read_text()) or {}
     profile["_path"] = str(path)
     return profile
+
+
+def output_root(profile: dict, given: str | None = None) -> str:
+    """Where a job's run folders go: the one given, else the profile's output_root, else runs/; $USER and
+    other variables expanded (e.g. /scratch/<project>/$USER/runs keeps participants of one project apart)."""
+    return os.path.expandvars(given or str(profile.get("output_root") or "runs"))
 
 
 def route(profile: dict) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import secrets
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 from .jobscript import (  # the job script's own environment
     SubmitError,
     load_profile,
+    output_root,
     python_command,
     setup_lines,
 )
@@ -126,9 +126,9 @@ def wait_until_up(job: str, folder: Path, token: str, timeout_s: float) -> dict:
 def lab(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    # a shared project: the profile's output_root ($USER expanded), as submit uses it; the notebooks in the
-    # job write their runs there too (WORKSHOP_OUTPUT_ROOT), never into a shared installation
-    runs = resolve(os.path.expandvars(args.output_root or str(profile.get("output_root") or "runs")))
+    # the profile's output_root, as submit uses it; the notebooks in the job write their runs there too
+    # (WORKSHOP_OUTPUT_ROOT), never into a shared installation
+    runs = resolve(output_root(profile, args.output_root))
     folder = runs / "lab" / f"{getpass.getuser()}-{stamp}"
     root = Path(args.root).resolve() if args.root else REPO_ROOT
     script = render(profile, folder, root, args.time, args.gpus, args.partition, args.reservation, runs)

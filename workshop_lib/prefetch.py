@@ -196,6 +196,11 @@ def offline(value: object) -> bool:
     return str(value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _runs_offline(profile: dict) -> bool:
+    """Whether a profile's jobs run with the hub turned off (HF_HUB_OFFLINE in its env)."""
+    return offline((profile.get("env") or {}).get("HF_HUB_OFFLINE"))
+
+
 @functools.cache
 def hub_status(timeout_s: float = 3.0) -> tuple[bool, str]:
     """(reachable, why) for the Hugging Face hub, decided once per process and never by waiting on retries:
@@ -229,11 +234,7 @@ def missing_offline(profile: dict, profile_name: str, model: str) -> str | None:
     (HF_HUB_OFFLINE in its env) and the recipe's hub model is not in the cache the job reads."""
     from .model import is_hub_id
 
-    if (
-        not offline((profile.get("env") or {}).get("HF_HUB_OFFLINE"))
-        or not is_hub_id(model)
-        or "/" not in model
-    ):
+    if not _runs_offline(profile) or not is_hub_id(model) or "/" not in model:
         return None
     home = _profile_home(profile)  # the profile at hand: not read again per sweep task
     return (
@@ -257,7 +258,7 @@ def offline_cache(profile_name: str, names: list[str]) -> list[tuple[bool, str]]
 
     profile = load_profile(profile_name)
     home = _profile_home(profile)
-    if not offline((profile.get("env") or {}).get("HF_HUB_OFFLINE")):
+    if not _runs_offline(profile):
         return [
             (
                 True,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import shlex
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import yaml
 
+from . import jobscript
 from .jobscript import LAUNCHERS, SubmitError, job_notebook, load_profile, render, route
 from .paths import resolve
 from .prefetch import missing_offline
@@ -156,8 +156,7 @@ def prepare(
 ) -> Job:
     """Validate everything and build the job; writes nothing, queues nothing."""
     profile = load_profile(profile_name)
-    # a shared project: the profile's output_root, e.g. /scratch/<project>/$USER/runs, keeps participants apart
-    output_root = os.path.expandvars(output_root or str(profile.get("output_root") or "runs"))
+    output_root = jobscript.output_root(profile, output_root)
     sweep: dict = {}
     if sweep_path:
         sp = resolve(sweep_path)

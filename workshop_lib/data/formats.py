@@ -54,9 +54,7 @@ class Converted:
 
     messages: Any
     tools: Any = None
-    template_kwargs: dict | None = (
-        None  # the row's chat_template_kwargs (TRL's column): the template's extras
-    )
+    template_kwargs: dict | None = None  # the row's chat_template_kwargs (TRL's column)
     fields: dict[str, str] = field(default_factory=dict)  # "messages[1].content" -> "conversations[1].value"
     # (index, the turn's field, its role key, its content key, a call written as text): expanded into
     # `fields` only when a problem needs naming, so valid rows pay nothing for it

@@ -187,6 +187,10 @@ def plan_recipe(
     gpus = gpus_per_node or _kit(recipe, "nproc_per_node")
     world = gpus * _kit(recipe, "nnodes")
     kw = recipe_settings(recipe)
+    if gpu_memory_gb and getattr(recipe, "trainer", "sft") == "grpo" and recipe.trl.get("use_vllm"):
+        # vLLM colocated reserves its share of each GPU for weights and KV cache
+        share = float(recipe.trl.get("vllm_gpu_memory_utilization") or 0.3)
+        kw["reserved_gib"] = share * gb_to_gib(gpu_memory_gb)
     mem = estimate_memory(cfg, world_size=world, **kw)
     out: dict[str, Any] = {
         "model": _kit(recipe, "model"),
@@ -198,20 +202,12 @@ def plan_recipe(
             k: round(v, 2) for k, v in mem.items() if k not in ("parameters", "trainable", "quantization")
         },
     }
-    share = 0.0
-    if gpu_memory_gb and getattr(recipe, "trainer", "sft") == "grpo" and recipe.trl.get("use_vllm"):
-        # vLLM colocated reserves its share of each GPU for weights and KV cache
-        share = float(recipe.trl.get("vllm_gpu_memory_utilization") or 0.3) * gb_to_gib(gpu_memory_gb)
-        mem["generation"] = share
-        mem["total"] += share
-        out["memory_gib"]["generation"] = round(share, 2)
-        out["memory_gib"]["total"] = round(mem["total"], 2)
     if gpu_memory_gb:
         capacity = gb_to_gib(gpu_memory_gb)
         out["gpu_memory_gb"] = gpu_memory_gb
         out["gpu_memory_gib"] = round(capacity, 2)
         out["fits"] = mem["total"] <= 0.9 * capacity
-        nodes = plan_nodes(cfg, gpu_memory_gb, gpus, reserved_gib=share, **kw)
+        nodes = plan_nodes(cfg, gpu_memory_gb, gpus, **kw)
         out["min_nodes"], out["comfortable_nodes"] = nodes["min_nodes"], nodes["comfortable_nodes"]
     if peak_tflops and tokens:
         seconds = time_per_epoch(

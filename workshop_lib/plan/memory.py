@@ -113,10 +113,12 @@ def estimate_memory(
     reduce_bucket_size: int = DEEPSPEED_REDUCE_BUCKET,
     reference: bool = False,
     generation: tuple[int, int] | None = None,
+    reserved_gib: float = 0.0,
 ) -> dict[str, Any]:
     """Per-GPU memory in GiB: weights, gradients, optimizer, buffers, activations, reference, generation,
     overhead, total. reference: DPO/GRPO keep a frozen copy of the model; generation: (sequences generated at
-    once on a GPU, tokens each) for GRPO sampling in the training process (see module doc)."""
+    once on a GPU, tokens each) for GRPO sampling in the training process; reserved_gib: what vLLM, colocated,
+    holds on each GPU for GRPO's generation instead (see module doc)."""
     c = count_parameters(cfg)
     src = cfg.get("_source", "config")
     quant = quantization(cfg)
@@ -183,6 +185,7 @@ def estimate_memory(
     out = {"weights": weights, "gradients": grads, "optimizer": opt, "buffers": buffers, "activations": act}
     out |= {"reference": ref, "generation": gen}
     out = {k: v / GiB for k, v in out.items()}
+    out["generation"] += reserved_gib
     out["overhead"] = OVERHEAD_GIB
     out["total"] = sum(out.values())
     out["parameters"] = n
@@ -202,7 +205,6 @@ def plan_nodes(
     max_nodes: int = 64,
     headroom: float = 0.9,
     comfortable: float = 0.7,
-    reserved_gib: float = 0.0,
     **kw: Any,
 ) -> dict[str, Any]:
     """Smallest node count whose per-GPU estimate fits (<= 90% of memory), and the smallest with room to
@@ -213,7 +215,6 @@ def plan_nodes(
     rows = []
     for nodes in range(1, max_nodes + 1):
         est = estimate_memory(cfg, world_size=nodes * gpus_per_node, **kw)
-        est["total"] += reserved_gib  # memory another program holds on each GPU (vLLM colocated)
         rows.append((nodes, round(est["total"], 2)))
         if fits is None and est["total"] <= headroom * capacity:
             fits = nodes
