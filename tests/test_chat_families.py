@@ -105,6 +105,8 @@ class Family:
         True  # also in the 20-step training test (the families added later are checked, not trained)
     )
     end_last: str = ""  # the end token of the last answer when it differs (gpt-oss: <|return|>)
+    appended: str = ""  # what the fixed template writes after a conversation's last answer, the original not
+    reasoning: bool = False  # every answer must carry its reasoning (the inference prompt opens it)
 
 
 FAMILIES = [
@@ -432,7 +434,7 @@ FAMILIES = [
         added=["<think>", "</think>"],
         eot="<｜end▁of▁sentence｜>",
         fix="refuse",  # the inference prompt opens '<think>\n'; rendered answers never contain it
-        refusal="the inference prompt ends with '<think>\\n'",
+        refusal="not even one that carries its reasoning",  # it keeps only what follows '</think>'
         train=False,
     ),
     Family(
@@ -446,7 +448,7 @@ FAMILIES = [
         eot="<｜end▁of▁sentence｜>",
         tools="rejects",
         fix="refuse",
-        refusal="the inference prompt ends with '<think>\\n'",
+        refusal="not even one that carries its reasoning",  # it keeps only what follows '</think>'
         train=False,
     ),
     Family(
@@ -459,8 +461,10 @@ FAMILIES = [
         added=["<think>", "</think>", "<tool_call>", "</tool_call>"],
         default_system=True,
         eot="<|im_end|>",
-        fix="refuse",  # the prompt opens '<think>\n', answers are rendered after '<think></think>'
-        refusal="the inference prompt ends with '<think>\\n'",
+        # the prompt opens '<think>\n' and the template writes an answer's reasoning there: answers carry theirs
+        fix="answer",
+        reasoning=True,
+        written_first=chat.CHECK_REASONING + "\n</think>\n",
         train=False,
     ),
     Family(
@@ -480,9 +484,9 @@ FAMILIES = [
         ],
         added=["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
         eot="<|user|>",  # no end token: the next turn's role token follows
-        fix="refuse",  # answers end with no token at all: GLM stops on the next turn's <|user|>
-        written_first="<think></think>\n",  # with TRL's template (template: trl), which writes <|user|> last
-        refusal="without a special end-of-turn token",
+        fix="trl_end",  # answers end with no token at all: GLM stops on the next turn's <|user|>, which
+        appended="<|user|>",  # TRL's template also writes after the last answer
+        written_first="<think></think>\n",
         train=False,
     ),
     Family(
@@ -643,6 +647,7 @@ def test_family_template_checked_and_fixed(fam, tiny_model_dir):
     else:
         how = {
             "trl": "TRL's training template",
+            "trl_end": "replaced by TRL's training template for this family",
             "kit": "wrapped each assistant answer",
             "narrow": "narrowed the template's own {% generation %} markers",
             "answer": "each answer is trained in its own sample",
@@ -651,6 +656,8 @@ def test_family_template_checked_and_fixed(fam, tiny_model_dir):
         assert chat.per_answer(tok.chat_template) == (fam.fix == "answer")
         assert tok.chat_template != original
         for conv, gen, text in _accepted(original, tok):  # identical wherever the original accepts
+            if fam.appended and not gen and conv[-1]["role"] == "assistant":
+                text += fam.appended
             assert chat.render(conv, tok, add_generation_prompt=gen) == text, [m["role"] for m in conv]
     assert report.ok, str(report)
     assert tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id
@@ -662,6 +669,7 @@ def test_family_template_checked_and_fixed(fam, tiny_model_dir):
     accepted = _accepted(tok.chat_template, tok)
     convs = [chat.merge_system_prompt(c) if merge else c for c, gen, _ in accepted if not gen]
     convs = [c for c in convs if c[-1]["role"] == "assistant"]
+    convs = [chat.with_reasoning(c) for c in convs] if fam.reasoning else convs
     assert len(convs) >= 4
     for conv in convs:
         enc = chat.encode([conv], tok)  # one row, or one per answer (each answer's trained run in its row)
@@ -745,6 +753,41 @@ def test_gpt_oss_end_tokens_and_thinking(tiny_model_dir):
         "The fruit is peach.<|return|>",
     ]
     assert "otter swims." not in tok.decode(enc["input_ids"][1])  # dropped from later turns, as at inference
+
+
+def test_a_prompt_that_opens_the_reasoning_trains_answers_with_theirs(tiny_model_dir):
+    """Nemotron's inference prompt ends with '<think>\\n': each answer is trained with its reasoning, written where
+    the prompt opens it. An answer without reasoning is refused, and the refusal's advice (the template's own
+    switch, enable_thinking off) trains it; DeepSeek-R1 never writes an answer's reasoning: refused."""
+    fam = next(f for f in FAMILIES if f.name == "nemotron_3_nano")
+    tok = family_tokenizer(tiny_model_dir, fam)
+    report = chat.prepare_tokenizer(tok)
+    assert any("every answer in the data must carry its reasoning" in n for n in report.notes), str(report)
+    think = [dict(m) for m in chat.SAMPLE]
+    think[2]["reasoning_content"], think[4]["reasoning_content"] = "otter swims.", "peach is sweet."
+    enc = chat.encode([think], tok)
+    trained = [tok.decode([t for t in y if t != chat.IGNORE]) for y in enc["labels"]]
+    assert trained == [
+        "otter swims.\n</think>\nThe animal is otter.<|im_end|>",
+        "peach is sweet.\n</think>\nThe fruit is peach.<|im_end|>",
+    ]
+    assert "assistant\n<think>\n" + trained[0] in tok.decode(
+        enc["input_ids"][0]
+    )  # after the inference prompt
+    with pytest.raises(chat.TemplateError, match="message 2: the answer has no reasoning.*enable_thinking"):
+        chat.encode([chat.SAMPLE], tok)
+    from datasets import Dataset
+
+    rows = Dataset.from_dict(
+        {"messages": [chat.SAMPLE], "chat_template_kwargs": [{"enable_thinking": False}]}
+    )
+    off = chat.tokenize_dataset(rows, tok)  # TRL's column, as the loader keeps it
+    trained = [tok.decode([t for t in y if t != chat.IGNORE]) for y in off["labels"]]
+    assert trained == ["The animal is otter.<|im_end|>", "The fruit is peach.<|im_end|>"]
+
+    deepseek = family_tokenizer(tiny_model_dir, next(f for f in FAMILIES if f.name == "deepseek_r1_distill"))
+    with pytest.raises(chat.TemplateError, match="not even one that carries its reasoning"):
+        chat.prepare_tokenizer(deepseek)
 
 
 def test_tool_calls_are_trained_with_their_end_token(tiny_model_dir):

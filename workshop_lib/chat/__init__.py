@@ -4,7 +4,7 @@ One concern per module: `templates` (bundled templates, load, render), `encode` 
 training computes them, system-prompt merging, batching), `samples` (one sample per answer, for templates
 that render earlier turns differently), `view` (token by token), `probe` (what a template accepts, the
 report types), `checks` (each check a small function), `rewrite` + `fix` (pad token, making a model's
-template training-ready), `lengths` (what a max length would cut). Everything public is `chat.X`.
+template training-ready), `trl_templates` (TRL's training template for a family), `lengths` (what a max length would cut). Everything public is `chat.X`.
 """
 
 from .checks import check_template
@@ -24,6 +24,7 @@ from .lengths import LengthReport, length_report
 from .probe import NON_ASCII, TOOL_CALL, Check, CheckReport, conversation_set, probe
 from .samples import REASONING_KEYS, encode_per_answer, has_reasoning
 from .templates import (
+    CHECK_REASONING,
     GENERATION_RE,
     IGNORE,
     PER_ANSWER,
@@ -33,12 +34,15 @@ from .templates import (
     TemplateError,
     apply_template,
     load_template,
+    needs_reasoning,
     per_answer,
     render,
+    with_reasoning,
 )
 from .view import TokenView, token_view
 
 __all__ = [
+    "CHECK_REASONING",
     "GENERATION_RE",
     "IGNORE",
     "PER_ANSWER",
@@ -68,6 +72,7 @@ __all__ = [
     "length_report",
     "load_template",
     "merge_system_prompt",
+    "needs_reasoning",
     "per_answer",
     "prepare_tokenizer",
     "probe",
@@ -77,4 +82,5 @@ __all__ = [
     "system_prompt_lost",
     "token_view",
     "tokenize_dataset",
+    "with_reasoning",
 ]

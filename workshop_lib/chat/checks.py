@@ -15,6 +15,7 @@ from .templates import (
     GENERATION_RE,
     SAMPLE,
     TemplateError,
+    check_sample,
     per_answer,
     render_failure,
     template_of,
@@ -308,7 +309,7 @@ def check_template(tokenizer, template: str | None = None, sample: list[dict] | 
         add(Check("has a chat template", "fail", str(e)))
         return report
     found, report.constraints = probe(tokenizer, text)
-    sample = sample or found
+    sample = check_sample(text, sample or found)
     markers = bool(GENERATION_RE.search(text))
     if sample is None:
         add(check_markers(_Ctx(tokenizer, text, [], "", markers, [], None)))
@@ -358,13 +359,7 @@ def _check_per_answer(c: _Ctx, report: CheckReport, roles: str) -> CheckReport:
     report.end_tokens = ends
     report.end_of_turn = ends[0] if ends else None
     add = report.checks.append
-    add(
-        Check(
-            "generation markers",
-            "pass",
-            "not needed: each answer's labels start where the inference prompt ends",
-        )
-    )
+    add(Check("generation markers", "pass", "not needed: each answer's labels start where its prompt ends"))
     add(Check("renders a sample", "pass", f"checked on a {len(c.sample)}-message sample ({roles})"))
     add(check_content_kept(c))
     if stable.status == "fail":

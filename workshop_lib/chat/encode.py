@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import json
 
-from .samples import encode_per_answer, has_reasoning, refuse_dropped_content
-from .templates import GENERATION_RE, IGNORE, SAMPLE, TemplateError, per_answer, render_failure, template_of
+from .samples import encode_per_answer, has_reasoning, refuse_dropped_content, refuse_missing_reasoning
+from .templates import (
+    GENERATION_RE,
+    IGNORE,
+    SAMPLE,
+    TemplateError,
+    needs_reasoning,
+    per_answer,
+    render_failure,
+    template_of,
+)
 
 SYSTEM_PROMPT_MODES = ("auto", "keep", "merge")
 
@@ -101,6 +110,8 @@ def encode(
             out["labels"] += part["labels"]
         return out
     kw = kw or {}
+    if assistant_only and needs_reasoning(text) and not per_answer(text):
+        refuse_missing_reasoning(batch)  # (one sample per answer checks each answer's rendering itself)
     if assistant_only and per_answer(text):
         ids, labels, _ = encode_per_answer(batch, tokenizer, text, kw)
         return {"input_ids": ids, "labels": labels}

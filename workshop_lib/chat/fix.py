@@ -3,8 +3,9 @@
 Order matters: the pad token is set first (the checks of each candidate depend on it); then the
 candidates are tried: TRL's training template for the family (trl.chat_template_utils), else the kit's
 rewrite. A candidate is kept only if it renders every test conversation the original accepts exactly
-as the original does, rejects what the original rejects, and passes every check. The model's template
-is never replaced by the kit's own.
+as the original does, rejects what the original rejects, and passes every check (one exception: TRL's
+template where it only adds the stop token after the last answer, GLM). The model's template is never
+replaced by the kit's own. Where the inference prompt opens the reasoning, answers carry theirs.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from .rewrite import (
 from .templates import (
     GENERATION_RE,
     PER_ANSWER,
+    REASONING,
     SAMPLE,
     TemplateError,
     apply_template,
+    needs_reasoning,
     per_answer,
     template_of,
     try_render,
 )
+from .trl_templates import appended_end, trl_candidate, trl_file, use_trl_template
 
 # Checks a marker fix cannot repair: the template itself must change (by hand), or the data.
 BLOCKING = (
@@ -115,34 +119,6 @@ def same_rendering(tokenizer, original: str, candidate: str) -> str | None:
     return None
 
 
-def _trl_candidate(tokenizer, text: str) -> str | None:
-    """TRL's training template for this exact published template (Llama 3, Gemma, Qwen2.5/3, Phi-3...)."""
-    try:
-        from trl.chat_template_utils import get_training_chat_template
-    except ImportError:
-        return None
-    saved = tokenizer.chat_template
-    tokenizer.chat_template = text
-    try:
-        return get_training_chat_template(processing_class=tokenizer)
-    except Exception:  # ValueError: not a family TRL knows; anything else: TRL's probe failed on it
-        return None
-    finally:
-        tokenizer.chat_template = saved
-
-
-def _trl_file(candidate: str | None) -> str | None:
-    """The path of TRL's bundled template file with this text, if any."""
-    if candidate is None:
-        return None
-    import trl.chat_template_utils as ctu
-
-    for path in sorted(ctu._CHAT_TEMPLATES_DIR.glob("*_training.jinja")):
-        if path.read_text(encoding="utf-8") == candidate:
-            return str(path)
-    return None
-
-
 def _refusal(text: str, report: CheckReport, why: str) -> TemplateError:
     failed = set(report.failed())
     if "prefix-stable rendering" in failed:
@@ -151,6 +127,12 @@ def _refusal(text: str, report: CheckReport, why: str) -> TemplateError:
         todo = (
             "train on single-exchange conversations, or give a template that renders earlier turns as at "
             "inference (template: <path.jinja> in the recipe)"
+        )
+    elif failed == {"generation prompt"} | (failed - set(BLOCKING)) and "reasoning" in why:
+        part = ""
+        todo = (
+            "give a template that writes the last answer's reasoning where its inference prompt opens it "
+            "(template: <path.jinja> in the recipe), or train a model whose prompt opens no such block"
         )
     elif failed & set(BLOCKING):
         part, todo = "", "fix the template (or the data) as the failed checks say"
@@ -177,22 +159,40 @@ def fix_template(
     notes = [ensure_pad_token(tokenizer, text)]
     report = check_template(tokenizer, text, sample)
     blocking = [n for n in report.failed() if n in BLOCKING]
+    if "generation prompt" in blocking and not needs_reasoning(text):
+        # the inference prompt opens a block the model writes first (reasoning: '<think>\n'): trainable if the
+        # template writes an answer's reasoning there, and every answer in the data then carries one
+        reasoned = REASONING + text
+        if "generation prompt" not in check_template(tokenizer, reasoned, sample).failed():
+            out, more = fix_template(tokenizer, reasoned, sample)
+            said = (
+                "the inference prompt opens the answer's reasoning, and the template writes an answer's reasoning "
+                "(reasoning_content) right there: every answer in the data must carry its reasoning (a conversation "
+                "with an answer without one is refused when tokenized)"
+            )
+            return out, [*notes, said, *more[1:]]
     if blocking == ["prefix-stable rendering"] and not per_answer(text):
         return _per_answer(tokenizer, text, report, sample, notes)
     if blocking:
         why = "it fails " + ", ".join(blocking)
-        trl = _trl_candidate(tokenizer, text)
-        trl_file = _trl_file(trl) if trl and check_template(tokenizer, trl, sample).ok else None
-        if trl_file:
+        if "generation prompt" in blocking and not needs_reasoning(text):
             why += (
-                f". TRL has a training template for this family ({trl_file}), but it renders conversations "
+                ". Its inference prompt opens a block the model writes first (reasoning), and it renders no answer "
+                "that starts there, not even one that carries its reasoning (reasoning_content): no training data "
+                "can show the model what it writes after its prompt"
+            )
+        trl = trl_candidate(tokenizer, text)
+        path = trl_file(trl) if trl and check_template(tokenizer, trl, sample).ok else None
+        if path:
+            why += (
+                f". TRL has a training template for this family ({path}), but it renders conversations "
                 "differently from the model's own (so the kit does not pick it silently): to train with it, set "
                 "template: trl"
             )
         raise _refusal(text, report, why)
     if set(report.failed()) & set(MARKER_CHECKS):
         candidates = []
-        trl = _trl_candidate(tokenizer, text)
+        trl = trl_candidate(tokenizer, text)
         if trl is not None:
             candidates.append(
                 (trl, "replaced by TRL's training template for this family (identical text, answers marked)")
@@ -241,9 +241,19 @@ def fix_template(
                 return _per_answer(tokenizer, text, report, sample, notes, f"no marker fix ({why[:160]})")
             except TemplateError as e:
                 why += f"; one sample per answer does not work either: {e.args[1]}"
-                if trl is not None and check_template(tokenizer, trl, sample).ok:
+                trl_ok = trl is not None and check_template(tokenizer, trl, sample).ok
+                if trl_ok and (end := appended_end(tokenizer, text, trl)):
+                    tokenizer.chat_template = trl
+                    notes.append(
+                        f"the model's own template ends an answer with no token of its own (generation stops on the "
+                        f"next turn's {end.strip()!r}): replaced by TRL's training template for this family "
+                        f"({trl_file(trl)}), which renders every test conversation as the model's own and writes "
+                        f"{end!r} after the last answer too, so each answer is trained to end on it"
+                    )
+                    return trl, notes
+                if trl_ok:
                     why += (
-                        f". TRL's training template for this family ({_trl_file(trl)}) passes every check but renders "
+                        f". TRL's training template for this family ({trl_file(trl)}) passes every check but renders "
                         "conversations differently from the model's own: to train with it, set template: trl"
                     )
                 raise _refusal(text, report, why) from None
@@ -272,7 +282,7 @@ def _per_answer(
         raise error
     n, tokens, whole = samples.cost([report.sample], tokenizer, candidate)
     where = position_dependent_lines(text)
-    trl = _trl_file(_trl_candidate(tokenizer, text))
+    trl = trl_file(trl_candidate(tokenizer, text))
     if not why:
         why = "not prefix-stable (earlier turns render differently" + (f": {where[0]}" if where else "") + ")"
     notes.append(
@@ -291,22 +301,6 @@ def _per_answer(
     return candidate, notes
 
 
-def _trl_template(tokenizer) -> list[str]:
-    """`template: trl`: TRL's training template for the model's own template, or a clear refusal."""
-    text = template_of(tokenizer)
-    trl = _trl_candidate(tokenizer, text)
-    if trl is None:
-        raise TemplateError(
-            "template: trl asks for TRL's training template for this model's chat template, but TRL has none for "
-            "it (TRL recognises a family by the exact text of its published template). Leave template unset: the "
-            "kit makes the model's own template training-ready or says why it cannot."
-        )
-    tokenizer.chat_template = trl
-    return [
-        f"template: trl: TRL's training template for this family ({_trl_file(trl) or 'trl'}), one sample per conversation"
-    ]
-
-
 def prepare_tokenizer(tokenizer, template: str | None = None, system_prompt: str = "auto") -> CheckReport:
     """Get a tokenizer ready for training; return the report of what was found and done (system_prompt: the
     recipe's mode, which the report's system-prompt line states).
@@ -316,7 +310,7 @@ def prepare_tokenizer(tokenizer, template: str | None = None, system_prompt: str
     training-ready where safe (see fix_template). Raises TemplateError when it cannot.
     """
     if template == "trl":
-        notes = _trl_template(tokenizer)
+        notes = use_trl_template(tokenizer)
     else:
         notes = apply_template(tokenizer, template) if template is not None else []
     text = template_of(tokenizer)

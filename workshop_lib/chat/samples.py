@@ -8,7 +8,7 @@ sample rendered exactly as inference renders that turn; `cost` says what it cost
 
 from __future__ import annotations
 
-from .templates import IGNORE, TemplateError, render_failure, try_render
+from .templates import IGNORE, TemplateError, needs_reasoning, render_failure, try_render
 
 # Message fields holding an answer's reasoning; templates render them (or not) as they do at inference.
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
@@ -46,6 +46,8 @@ def encode_per_answer(
                 if isinstance(out, Exception):
                     raise TemplateError(render_failure(out, conv[: k + 1], i)) from out
             if not full.startswith(prompt):
+                if needs_reasoning(text):
+                    refuse_missing_reasoning([conv[: k + 1]], i)
                 at = next(
                     (j for j, (a, b) in enumerate(zip(prompt, full, strict=False)) if a != b), len(full)
                 )
@@ -89,6 +91,19 @@ def _answer_end(tokenizer, full: str, prompt: str) -> int:
     if n and first:  # the shared ending starts with the answer's own end token: keep that one
         full = full[: len(full) - len(tail) + len(first)]
     return len(full.rstrip())
+
+
+def refuse_missing_reasoning(batch: list[list[dict]], first: int = 0) -> None:
+    """Refuse an answer without reasoning where the template needs one (templates.REASONING)."""
+    for i, conv in enumerate(batch, first):
+        for k, m in enumerate(conv):
+            if m.get("role") == "assistant" and not any(m.get(key) for key in REASONING_KEYS):
+                raise TemplateError(
+                    f"conversation {i}, message {k}: the answer has no reasoning, but this model's inference prompt "
+                    "opens one (it writes its reasoning first, then the answer): give each answer its reasoning "
+                    f"({' or '.join(REASONING_KEYS)}); or, where the template has a switch that closes the block "
+                    "(enable_thinking), set it off in the row's chat_template_kwargs"
+                )
 
 
 def refuse_dropped_content(batch: list[list[dict]], rendered: list[str], first: int = 0) -> None:

@@ -41,6 +41,34 @@ def per_answer(text: str) -> bool:
     return isinstance(text, str) and text.startswith(PER_ANSWER)
 
 
+# Written by fix_template in front of a template whose inference prompt opens the answer's reasoning (Nemotron's
+# '<think>\n') and which writes that reasoning for an answer that has it: every answer must then carry its own.
+REASONING = "{# workshop_lib: every answer carries its reasoning (the inference prompt opens it) #}"
+# the reasoning the checks give the test conversations' answers for such a template
+CHECK_REASONING = "The question names three words; one of them fits."
+
+
+def needs_reasoning(text: str) -> bool:
+    """True if every answer must carry its reasoning to be trained (see REASONING)."""
+    return isinstance(text, str) and REASONING in text[: len(PER_ANSWER) + len(REASONING)]
+
+
+def check_sample(text: str, sample: list[dict] | None) -> list[dict] | None:
+    """The conversation the checks use for this template: with a reasoning on each answer where it needs one."""
+    return with_reasoning(sample) if sample is not None and needs_reasoning(text) else sample
+
+
+def with_reasoning(conv: list[dict]) -> list[dict]:
+    """The conversation with a reasoning (reasoning_content) on each answer that has none."""
+    keys = ("reasoning_content", "thinking", "reasoning")
+    return [
+        {**m, "reasoning_content": CHECK_REASONING}
+        if m.get("role") == "assistant" and not any(m.get(k) for k in keys)
+        else m
+        for m in conv
+    ]
+
+
 class TemplateError(ValueError):
     """A chat template is missing, raises, or cannot be used for training; the message says how to fix it."""
 
