@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+import workshop_lib  # noqa: F401  (its thread settings, before anything loads torch; kernels inherit them)
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -37,6 +39,15 @@ def pytest_make_collect_report(collector):
     report = outcome.get_result()
     if IN_CI and report.skipped:
         _ci_failure(report, "module skipped")
+
+
+# The Slurm module waits on its jobs much of its time: collected first, it runs beside the rest of the suite
+# (make test runs two pytest workers, one test file at a time each, in this order).
+FIRST = ("test_slurm.py",)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

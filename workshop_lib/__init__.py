@@ -16,5 +16,10 @@ import os
 # The notebook process forks training workers (launch.py). Asking torch whether a GPU exists must not
 # initialise the CUDA driver in that parent, or the forked workers cannot use it: NVML answers instead.
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+# OpenMP threads (torch's, libgomp) spin 300000 times at each barrier before they sleep. Beside a busy core that
+# spinning took notebook 03's training from 3.5 s to 177 s (40 steps, 2 cores); a thousand spins keep the idle
+# speed and 7.9 s busy (benchmarks/busy_core.py). Read when torch loads: the kit's processes import this first.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 __version__ = "0.1.0"
