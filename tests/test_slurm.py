@@ -41,14 +41,26 @@ FAST = {
 # preempted runs: stops land between logging (5), accumulation (2) and save steps (1000: only the stops save)
 PARITY = {
     **FAST,
-    "max_steps": 20,  # long enough for two stops at steps that are not multiples of 5 or 2
+    # long enough for two stops at steps that are not multiples of 5 or 2, with room to spare: the stop lands
+    # a second or two after the signal, and a node trains a step in about 0.5 s on an idle machine
+    "max_steps": 50,
     "logging_steps": 5,
     "gradient_accumulation_steps": 2,
     "per_device_train_batch_size": 4,
 }
 # DPO through the same job path (notebook 06 on each node), from the kit's tiny model, one stop mid-way
-DPO_PARITY = {**PARITY, "max_steps": 16, "model": "tiny"}  # no final eval: 1 min
+DPO_PARITY = {**PARITY, "max_steps": 40, "model": "tiny"}  # no final eval: 1 min
 DPO_PARITY["train_file"] = [{"path": "data/synthetic/pairs_train.jsonl", "max_rows": 200}]
+# GRPO through the same job path (workshop_lib train on each node), from a briefly trained SFT model (answers
+# right about half the time: the groups' rewards differ, so every step moves the parameters); one stop mid-way
+GRPO_PARITY = {
+    **FAST,
+    "max_steps": 12,
+    "logging_steps": 1,
+    "per_device_train_batch_size": 16,
+    "num_generations": 4,
+    "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 64}],
+}
 LONG = {**FAST, "max_steps": 3000, "logging_steps": 5, "collective_timeout_s": 1800}
 
 
@@ -228,16 +240,20 @@ def test_an_exception_in_a_notebook_is_the_root_cause(cluster, quick, jobs):
 
 
 @pytest.fixture(scope="module")
-def jobs(cluster, tmp_path_factory, quick):
+def jobs(cluster, tmp_path_factory, quick, brief_sft_run):
     """The long jobs, submitted together (after the quick jobs, which then run while these start): a
-    3-node SFT run with the python launcher and a 2-node DPO run with the papermill launcher (notebook 06
-    on each node), each with its preempted twin. Every node start costs CPU seconds (torch, the model):
-    these four jobs start 18 node-processes in all, so the module fits the suite's time on 2 cores."""
+    3-node SFT run with the python launcher, a 2-node DPO run with the papermill launcher (notebook 06
+    on each node) and a 2-node GRPO run, each with its preempted twin. Every node start costs CPU seconds
+    (torch, the model): these six jobs start 24 node-processes in all."""
     root = tmp_path_factory.mktemp("jobs")
-    submitted = {}
-    for name, nodes, launcher, recipe, params in (
-        ("sft3", 3, "python", "recipes/tiny_cpu.yaml", PARITY),
-        ("dpo2", 2, "papermill", "recipes/tiny_dpo.yaml", DPO_PARITY),
+    submitted, drivers, errors = {}, [], []
+    grpo = {**GRPO_PARITY, "model": str(brief_sft_run / "final")}
+    # SFT: two stops, one at an arbitrary step, one the moment the requeued try starts (a signal that early
+    # must still be seen: training reads STOP at its first step); DPO and GRPO: one stop mid-way
+    for name, nodes, launcher, recipe, params, points in (
+        ("sft3", 3, "python", "recipes/tiny_cpu.yaml", PARITY, [7, "start"]),
+        ("dpo2", 2, "papermill", "recipes/tiny_dpo.yaml", DPO_PARITY, [7]),
+        ("grpo2", 2, "python", "recipes/tiny_grpo.yaml", grpo, [3]),
     ):
         for kind in ("", "-pre"):
             job, _ = submit(
@@ -256,21 +272,18 @@ def jobs(cluster, tmp_path_factory, quick):
                 sbatch=["--time=02:00:00"],
             )
             submitted[name + kind] = job
-    # SFT: two stops, one at an arbitrary step, one the moment the requeued try starts (a signal that early
-    # must still be seen: training reads STOP at its first step); DPO: one stop mid-way
-    drivers, errors = [], []
-    for name, points in (("sft3-pre", [7, "start"]), ("dpo2-pre", [7])):
 
-        def drive(name=name, points=points):
+        def drive(name=name + "-pre", points=points):
             try:
                 preempt(cluster, root, name, submitted[name], points)
             except Exception as e:  # reported by the test that needs it
                 errors.append(f"{name}: {e!r}")
 
+        # the preempted twin trains while the next jobs are submitted: its driver starts now
         t = threading.Thread(target=drive, daemon=True)
         t.start()
         drivers.append(t)
-    return {"root": root, "ids": submitted, "drivers": drivers, "errors": errors}
+    return {"root": root, "ids": submitted, "drivers": drivers, "errors": errors, "brief": brief_sft_run}
 
 
 def finished(cluster, jobs, name, timeout=900):
@@ -352,6 +365,30 @@ def test_a_preempted_two_node_dpo_job_ends_with_the_parameters_of_an_uninterrupt
     assert result["total_tokens"] == straight["total_tokens"]
     steps = logged_steps(run)
     assert steps == sorted(set(steps)), steps
+
+
+def test_a_preempted_two_node_grpo_job_ends_with_the_parameters_of_an_uninterrupted_one(cluster, jobs):
+    """GRPO samples its answers: the requeued try must sample the same ones on every node (each rank's random
+    state is in the checkpoint the stop wrote), so it ends with the uninterrupted run's parameters."""
+    _, _, ref = finished(cluster, jobs, "grpo2")
+    info, log, run = finished(cluster, jobs, "grpo2-pre")
+    tries = [json.loads(x) for x in (run / "tries.jsonl").read_text().splitlines()]
+    assert [t["preempted"] for t in tries] == [True, False] and int(info["Restarts"]) == 1, log[-3000:]
+    assert tries[1]["from_step"] == tries[0]["to_step"] > 0
+    result = json.loads((run / "result.json").read_text())
+    straight = json.loads((ref / "result.json").read_text())
+    start = json.loads((jobs["brief"] / "result.json").read_text())
+    print(
+        f"\nGRPO, 2 nodes: stopped at step {tries[0]['to_step']}; digests {result['param_digest']} "
+        f"{straight['param_digest']} (the SFT model it started from: {start['param_digest']})"
+    )
+    assert yaml.safe_load((run / "recipe.yaml").read_text())["trainer"] == "grpo"
+    assert result["world_size"] == straight["world_size"] == 2
+    assert result["global_step"] == straight["global_step"] == GRPO_PARITY["max_steps"]
+    assert straight["param_digest"] != start["param_digest"]  # GRPO moved the parameters ...
+    assert result["param_digest"] == straight["param_digest"]  # ... and the resumed run the same way
+    rewards = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in x]
+    assert [r["step"] for r in rewards] == list(range(1, GRPO_PARITY["max_steps"] + 1)), rewards
 
 
 def test_sweep_runs_as_a_job_array_with_a_log_per_task(cluster, tmp_path):

@@ -209,4 +209,29 @@ def test_the_rendezvous_port_is_chosen_free_below_the_ephemeral_range():
         holder.listen()
         chosen = launch.choose_master_port(job)
     assert chosen != derived and launch.PORTS.start <= chosen < 32768 and launch.port_is_free(chosen)
+    assert chosen not in (derived + 1, derived - 1)  # the neighbouring jobs' own ports
     assert launch.choose_master_port(job) == derived  # free again: the derived one
+
+
+def test_a_requeued_job_gets_its_own_port_again():
+    """The last try's store closed with a client connected (its port in TIME_WAIT for a minute): the next try
+    still gets the job's derived port, where torch's store binds (SO_REUSEADDR), not the next job's."""
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from workshop_lib import launch
+
+    job = 54400
+    port = launch.choose_master_port(job)
+    assert port == launch.master_port_for_job(job)
+    store = dist.TCPStore("127.0.0.1", port, 2, True, timedelta(seconds=10), wait_for_workers=False)
+    client = dist.TCPStore("127.0.0.1", port, 2, False, timedelta(seconds=10))
+    client.set("step", "3")
+    del store  # the store's side closes first: its connections wait in TIME_WAIT
+    time.sleep(0.2)
+    del client
+    assert launch.choose_master_port(job) == port
+    again = dist.TCPStore("127.0.0.1", port, 1, True, timedelta(seconds=10), wait_for_workers=False)
+    assert again.port == port

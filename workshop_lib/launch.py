@@ -44,6 +44,9 @@ PORTS = range(20000, 32768)  # rendezvous ports: below Linux's ephemeral range (
 # kernel hands out to outgoing connections at any moment
 
 
+PORT_STRIDE = 4099  # a prime that does not divide len(PORTS): the walk visits every port once
+
+
 def master_port_for_job(job_id: int | str) -> int:
     """The port a Slurm job tries first: derived from its id, so that the nodes agree without talking.
     It is not unique (ids agree modulo the range; two clusters hand out the same ids; any program may hold
@@ -52,9 +55,13 @@ def master_port_for_job(job_id: int | str) -> int:
 
 
 def port_is_free(port: int) -> bool:
-    """Nothing listens on (or holds) this TCP port on this host, on any address (torch's store binds all)."""
+    """Torch's store could listen on this TCP port, on any address (it binds all): nothing listens on it.
+
+    Asked as the store asks, with SO_REUSEADDR: connections of a finished try (TIME_WAIT, a minute) do not
+    keep a requeued job from its own port, which would send it to the next one, another job's."""
     for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
         with socket.socket(family) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((addr, port))
             except OSError as e:
@@ -67,10 +74,11 @@ def port_is_free(port: int) -> bool:
 def choose_master_port(job_id: int | str) -> int:
     """The rendezvous port, chosen on the master node when the job starts (the one home of this rule; the
     job script runs it through `job-env` on its first node, which is the master, and exports it to every
-    node): the job's derived port if it is free, else the next free one in PORTS."""
+    node): the job's derived port if it is free, else the first free one PORT_STRIDE apart (not the next
+    one: that is the next job's derived port)."""
     first = master_port_for_job(job_id)
     for i in range(len(PORTS)):
-        port = PORTS.start + (first - PORTS.start + i) % len(PORTS)
+        port = PORTS.start + (first - PORTS.start + i * PORT_STRIDE) % len(PORTS)
         if port_is_free(port):
             return port
     raise LaunchError(f"no free TCP port in {PORTS.start}-{PORTS.stop - 1} on {socket.gethostname()}")

@@ -127,9 +127,14 @@ def build_tiny_model(out_dir: str | Path | None = None, force: bool = False) -> 
     tmp.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(tmp)
     model.save_pretrained(tmp)
-    if out.exists():
-        import shutil
+    import shutil
 
+    if (
+        out.exists() and not force
+    ):  # built meanwhile by another process (two jobs, two test workers): the same
+        shutil.rmtree(tmp)  # bytes, and that process may be reading it already
+        return out
+    if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return out
