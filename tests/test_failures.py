@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from workshop_lib import failures, launch
+from workshop_lib import failures, launch, ports
 
 pytestmark = pytest.mark.slow  # several processes per test: make test and CI run it
 
@@ -44,7 +44,7 @@ def _raise_on_rank_one():
 )
 def test_the_failed_rank_is_the_one_root_cause(tmp_path, fn, expect):
     with pytest.raises(launch.LaunchError):
-        launch.run(fn, nproc_per_node=2, master_port=launch.free_port(), failure_dir=tmp_path)
+        launch.run(fn, nproc_per_node=2, master_port=ports.free_port(), failure_dir=tmp_path)
     records = failures.load(tmp_path)
     cause = failures.root_cause(records)
     assert cause["rank"] == 1 and expect in cause["error"], records
@@ -130,7 +130,7 @@ def test_a_hang_ends_with_every_ranks_stacks_and_the_stalled_rank_as_root_cause(
             _rank_one_stalls,
             how,
             nproc_per_node=2,
-            master_port=launch.free_port(),
+            master_port=ports.free_port(),
             failure_dir=tmp_path,
             hang_timeout_s=4,
         )
@@ -181,7 +181,7 @@ def test_collective_timeout_s_ends_a_gloo_collective_that_waits_for_a_silent_pee
             _collective_with_a_silent_peer,
             recipe,
             nproc_per_node=2,
-            master_port=launch.free_port(),
+            master_port=ports.free_port(),
             failure_dir=tmp_path,
             hang_timeout_s=600,
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from workshop_lib import launch, train
+from workshop_lib import launch, ports, train
 from workshop_lib import recipe as R
 from workshop_lib.paths import REPO_ROOT
 
@@ -85,7 +85,7 @@ def test_each_local_rank_binds_to_the_cores_of_its_mask(monkeypatch, capsys):
     first, last = cores[0], cores[-1]
     monkeypatch.setenv(launch.CPU_BIND_ENV, f"{1 << last:#x},{1 << first:x}")
     monkeypatch.setenv(launch.START_METHOD_ENV, "fork")
-    got = launch.run(_cores_and_threads, nproc_per_node=2, master_port=launch.free_port())
+    got = launch.run(_cores_and_threads, nproc_per_node=2, master_port=ports.free_port())
     assert got == {0: ([last], "1"), 1: ([first], "1")}
     assert f"local rank: cores -> 0: {last}, 1: {first}" in capsys.readouterr().out
 
@@ -101,7 +101,7 @@ def test_each_local_rank_binds_to_the_cores_of_its_mask(monkeypatch, capsys):
 def test_a_bad_binding_is_refused_before_any_worker_starts(monkeypatch, masks, message):
     monkeypatch.setenv(launch.CPU_BIND_ENV, masks)
     with pytest.raises(launch.LaunchError, match=re.escape(message)):
-        launch.run(_cores_and_threads, nproc_per_node=2, master_port=launch.free_port())
+        launch.run(_cores_and_threads, nproc_per_node=2, master_port=ports.free_port())
 
 
 def test_the_lumi_masks_are_the_cores_next_to_each_gcd():

@@ -9,7 +9,7 @@ import sys
 import nbformat
 import pytest
 
-from workshop_lib import launch, train
+from workshop_lib import ports, train
 from workshop_lib import recipe as R
 from workshop_lib.demo import run_notebook
 from workshop_lib.model import REPO_ROOT
@@ -77,7 +77,7 @@ def test_00_setup_check_plans_a_local_model_as_a_table(tmp_path, monkeypatch):
 def test_00_setup_check_offline_hub_says_so_at_once(tmp_path, monkeypatch):
     """No HF_HUB_OFFLINE and no network: one probe, one line, no minute of hub retries."""
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{launch.free_port()}")  # nothing listens there
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{ports.free_port()}")  # nothing listens there
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     out = run_notebook("00_setup_check", tmp_path, {"plan_model": "LumiOpen/Poro-34B"})
     text = shown_text(out)
@@ -190,7 +190,7 @@ def test_03_train_two_processes_ddp_and_the_same_name_again(tmp_path):
 @pytest.mark.slow
 def test_03_train_as_two_nodes(tmp_path):
     """Two papermill runs (as two SLURM nodes would) join one process group of world size 2."""
-    port = launch.free_port()
+    port = ports.free_port()
     procs = []
     for rank in (0, 1):
         cmd = papermill_03(

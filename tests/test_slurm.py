@@ -150,7 +150,7 @@ def quick(cluster, tmp_path_factory):
     hand and held (EADDRINUSE on node 0), an exception in the notebook."""
     import socket
 
-    from workshop_lib import launch
+    from workshop_lib import ports
 
     root = tmp_path_factory.mktemp("quick")
     bad = root / "bad.jsonl"
@@ -182,8 +182,8 @@ def quick(cluster, tmp_path_factory):
         params={**FAST, "model": str(real)},
         sbatch=["--hold"],
     )
-    derived = hold(launch.master_port_for_job(ids["port"]))
-    taken = hold(launch.free_port())
+    derived = hold(ports.master_port_for_job(ids["port"]))
+    taken = hold(ports.free_port())
     ids["inuse"], _ = submit(
         cluster,
         root,

@@ -199,18 +199,18 @@ def test_resume_continues_the_runs_own_recipe_and_checks_the_node_count_before_q
 def test_the_rendezvous_port_is_chosen_free_below_the_ephemeral_range():
     import socket
 
-    from workshop_lib import launch
+    from workshop_lib import ports
 
     job = 54321
-    derived = launch.master_port_for_job(job)
-    assert launch.PORTS.start <= derived < 32768  # never in Linux's ephemeral range (32768-60999)
+    derived = ports.master_port_for_job(job)
+    assert ports.PORTS.start <= derived < 32768  # never in Linux's ephemeral range (32768-60999)
     with socket.socket() as holder:  # another program holds the derived port
         holder.bind(("0.0.0.0", derived))
         holder.listen()
-        chosen = launch.choose_master_port(job)
-    assert chosen != derived and launch.PORTS.start <= chosen < 32768 and launch.port_is_free(chosen)
+        chosen = ports.choose_master_port(job)
+    assert chosen != derived and ports.PORTS.start <= chosen < 32768 and ports.port_is_free(chosen)
     assert chosen not in (derived + 1, derived - 1)  # the neighbouring jobs' own ports
-    assert launch.choose_master_port(job) == derived  # free again: the derived one
+    assert ports.choose_master_port(job) == derived  # free again: the derived one
 
 
 def test_a_requeued_job_gets_its_own_port_again():
@@ -221,17 +221,17 @@ def test_a_requeued_job_gets_its_own_port_again():
 
     import torch.distributed as dist
 
-    from workshop_lib import launch
+    from workshop_lib import ports
 
     job = 54400
-    port = launch.choose_master_port(job)
-    assert port == launch.master_port_for_job(job)
+    port = ports.choose_master_port(job)
+    assert port == ports.master_port_for_job(job)
     store = dist.TCPStore("127.0.0.1", port, 2, True, timedelta(seconds=10), wait_for_workers=False)
     client = dist.TCPStore("127.0.0.1", port, 2, False, timedelta(seconds=10))
     client.set("step", "3")
     del store  # the store's side closes first: its connections wait in TIME_WAIT
     time.sleep(0.2)
     del client
-    assert launch.choose_master_port(job) == port
+    assert ports.choose_master_port(job) == port
     again = dist.TCPStore("127.0.0.1", port, 1, True, timedelta(seconds=10), wait_for_workers=False)
     assert again.port == port

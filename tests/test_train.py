@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from workshop_lib import build, chat, launch, runfolder, train
+from workshop_lib import build, chat, launch, ports, runfolder, train
 from workshop_lib import recipe as R
 from workshop_lib.paths import REPO_ROOT
 
@@ -295,7 +295,7 @@ def _fails_on_rank_one():
 @pytest.mark.slow
 def test_a_failing_worker_fails_with_its_traceback():
     with pytest.raises(launch.LaunchError) as err:
-        launch.run(_fails_on_rank_one, nproc_per_node=2, master_port=launch.free_port())
+        launch.run(_fails_on_rank_one, nproc_per_node=2, master_port=ports.free_port())
     text = str(err.value)
     assert "rank 1" in text and "boom on purpose in rank 1" in text and "_fails_on_rank_one" in text
 

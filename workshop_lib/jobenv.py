@@ -4,7 +4,7 @@
     python -m workshop_lib try-end RUN_DIR --ended hang   # a try that ended without training recording it
 
 job-env runs in the batch script, on the job's first node, which is the master (rank 0's host): the port is
-chosen free there (launch.choose_master_port) and exported to every node through srun's environment.
+chosen free there (ports.choose_master_port) and exported to every node through srun's environment.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 import sys
 from pathlib import Path
 
-from . import failures, launch, runfolder
+from . import failures, launch, ports, runfolder
 from .control import PREEMPTED_FILE, STOP_FILE, TRY_ENV
 
 
@@ -28,13 +28,13 @@ def job_env(run_dir: str | os.PathLike) -> dict[str, str]:
     master = (launch.slurm_first_host() if nnodes > 1 else None) or "127.0.0.1"
     here = master in ("127.0.0.1", "localhost") or master == socket.gethostname().split(".")[0]
     if here:
-        port = launch.choose_master_port(job_id)
+        port = ports.choose_master_port(job_id)
     else:  # not on the master node (an unusual batch host): the derived port, as every node derives it
         print(
             f"job-env: this is {socket.gethostname()}, not the master {master}: port not checked",
             file=sys.stderr,
         )
-        port = launch.master_port_for_job(job_id)
+        port = ports.master_port_for_job(job_id)
     try_ = runfolder.next_try(run_dir)
     return {
         "MASTER_ADDR": master,
