@@ -58,28 +58,34 @@ def tiny_model_dir(tmp_path_factory):
     return build_tiny_model()
 
 
+def _once_per_run(tmp_path_factory, name: str, run_name: str, train_it):
+    """A run folder trained once per test run, even with several pytest workers (make test runs two): the
+    first worker to ask trains it under a lock, the others read it (tests only read these runs)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # the workers' common folder
+    with FileLock(str(root / f"{name}.lock")):
+        run_dir = root / name / run_name
+        if not (run_dir / "result.json").exists():
+            train_it(root / name)
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def short_sft_run(tmp_path_factory, tiny_model_dir):
     """A finished SFT run of a few steps (a run folder with final/ and result.json), shared by the tests
     that start from an SFT model: notebooks 05 and 06, DPO."""
     from workshop_lib import recipe, train
 
-    root = tmp_path_factory.mktemp("sft-runs")
-    r = recipe.load_recipe(
-        "recipes/tiny_cpu.yaml",
-        overrides=dict(
-            run_name="sft-short",
-            output_root=str(root),
-            max_steps=6,
-            logging_steps=2,
-            save_steps=6,
-            eval_strategy="no",
-            n_generate=0,
-            warmup_steps=0,
-        ),
-    )
-    train.fit(r)
-    return r.run_dir
+    def train_it(root):
+        overrides = dict(
+            run_name="sft-short", output_root=str(root), max_steps=6, logging_steps=2, save_steps=6
+        )
+        overrides |= dict(eval_strategy="no", n_generate=0, warmup_steps=0)
+        train.fit(recipe.load_recipe("recipes/tiny_cpu.yaml", overrides=overrides))
+
+    return _once_per_run(tmp_path_factory, "sft-runs", "sft-short", train_it)
 
 
 @pytest.fixture(scope="session")
@@ -88,12 +94,10 @@ def brief_sft_run(tmp_path_factory, tiny_model_dir):
     from in their tests: room to improve, and right often enough to learn from."""
     from workshop_lib import recipe, train
 
-    root = tmp_path_factory.mktemp("brief-sft")
-    r = recipe.load_recipe(
-        "recipes/tiny_cpu.yaml",
-        overrides=dict(
+    def train_it(root):
+        overrides = dict(
             run_name="sft", output_root=str(root), max_steps=100, n_generate=0, eval_strategy="no"
-        ),
-    )
-    train.fit(r)
-    return r.run_dir
+        )
+        train.fit(recipe.load_recipe("recipes/tiny_cpu.yaml", overrides=overrides))
+
+    return _once_per_run(tmp_path_factory, "brief-sft", "sft", train_it)
