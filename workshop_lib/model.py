@@ -129,10 +129,10 @@ def build_tiny_model(out_dir: str | Path | None = None, force: bool = False) -> 
     model.save_pretrained(tmp)
     import shutil
 
-    if (
-        out.exists() and not force
-    ):  # built meanwhile by another process (two jobs, two test workers): the same
-        shutil.rmtree(tmp)  # bytes, and that process may be reading it already
+    # built meanwhile by another process (two jobs, two test workers): the same bytes, and that process may be
+    # reading it already, so it stays
+    if out.exists() and not force:
+        shutil.rmtree(tmp)
         return out
     if out.exists():
         shutil.rmtree(out)

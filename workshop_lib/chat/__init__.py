@@ -22,12 +22,13 @@ from .encode import (
 from .fix import ensure_pad_token, fix_template, prepare_tokenizer, same_rendering
 from .lengths import LengthReport, length_report
 from .probe import NON_ASCII, TOOL_CALL, Check, CheckReport, conversation_set, probe
-from .samples import REASONING_KEYS, encode_per_answer, has_reasoning
+from .samples import encode_per_answer, has_reasoning
 from .templates import (
     CHECK_REASONING,
     GENERATION_RE,
     IGNORE,
     PER_ANSWER,
+    REASONING_KEYS,
     SAMPLE,
     TEMPLATE_TOKENS,
     TEMPLATES_DIR,

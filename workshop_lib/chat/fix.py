@@ -119,20 +119,16 @@ def same_rendering(tokenizer, original: str, candidate: str) -> str | None:
     return None
 
 
-def _refusal(text: str, report: CheckReport, why: str) -> TemplateError:
+def _refusal(text: str, report: CheckReport, why: str, todo: str = "") -> TemplateError:
     failed = set(report.failed())
-    if "prefix-stable rendering" in failed:
+    if todo:
+        part = ""
+    elif "prefix-stable rendering" in failed:
         where = position_dependent_lines(text)
         part = "the parts that depend on a message's position:\n    " + "\n    ".join(where) if where else ""
         todo = (
             "train on single-exchange conversations, or give a template that renders earlier turns as at "
             "inference (template: <path.jinja> in the recipe)"
-        )
-    elif failed == {"generation prompt"} | (failed - set(BLOCKING)) and "reasoning" in why:
-        part = ""
-        todo = (
-            "give a template that writes the last answer's reasoning where its inference prompt opens it "
-            "(template: <path.jinja> in the recipe), or train a model whose prompt opens no such block"
         )
     elif failed & set(BLOCKING):
         part, todo = "", "fix the template (or the data) as the failed checks say"
@@ -174,12 +170,17 @@ def fix_template(
     if blocking == ["prefix-stable rendering"] and not per_answer(text):
         return _per_answer(tokenizer, text, report, sample, notes)
     if blocking:
-        why = "it fails " + ", ".join(blocking)
+        why, todo = "it fails " + ", ".join(blocking), ""
         if "generation prompt" in blocking and not needs_reasoning(text):
             why += (
                 ". Its inference prompt opens a block the model writes first (reasoning), and it renders no answer "
                 "that starts there, not even one that carries its reasoning (reasoning_content): no training data "
                 "can show the model what it writes after its prompt"
+            )
+        if blocking == ["generation prompt"] and not needs_reasoning(text):
+            todo = (
+                "give a template that writes the last answer's reasoning where its inference prompt opens it "
+                "(template: <path.jinja> in the recipe), or train a model whose prompt opens no such block"
             )
         trl = trl_candidate(tokenizer, text)
         path = trl_file(trl) if trl and check_template(tokenizer, trl, sample).ok else None
@@ -189,7 +190,7 @@ def fix_template(
                 "differently from the model's own (so the kit does not pick it silently): to train with it, set "
                 "template: trl"
             )
-        raise _refusal(text, report, why)
+        raise _refusal(text, report, why, todo)
     if set(report.failed()) & set(MARKER_CHECKS):
         candidates = []
         trl = trl_candidate(tokenizer, text)

@@ -8,10 +8,7 @@ sample rendered exactly as inference renders that turn; `cost` says what it cost
 
 from __future__ import annotations
 
-from .templates import IGNORE, TemplateError, needs_reasoning, render_failure, try_render
-
-# Message fields holding an answer's reasoning; templates render them (or not) as they do at inference.
-REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+from .templates import IGNORE, REASONING_KEYS, TemplateError, needs_reasoning, render_failure, try_render
 
 
 def has_reasoning(conv: list[dict]) -> bool:

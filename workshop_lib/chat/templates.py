@@ -41,6 +41,8 @@ def per_answer(text: str) -> bool:
     return isinstance(text, str) and text.startswith(PER_ANSWER)
 
 
+# Message fields holding an answer's reasoning; templates render them (or not) as they do at inference.
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 # Written by fix_template in front of a template whose inference prompt opens the answer's reasoning (Nemotron's
 # '<think>\n') and which writes that reasoning for an answer that has it: every answer must then carry its own.
 REASONING = "{# workshop_lib: every answer carries its reasoning (the inference prompt opens it) #}"
@@ -60,10 +62,9 @@ def check_sample(text: str, sample: list[dict] | None) -> list[dict] | None:
 
 def with_reasoning(conv: list[dict]) -> list[dict]:
     """The conversation with a reasoning (reasoning_content) on each answer that has none."""
-    keys = ("reasoning_content", "thinking", "reasoning")
     return [
         {**m, "reasoning_content": CHECK_REASONING}
-        if m.get("role") == "assistant" and not any(m.get(k) for k in keys)
+        if m.get("role") == "assistant" and not any(m.get(k) for k in REASONING_KEYS)
         else m
         for m in conv
     ]
