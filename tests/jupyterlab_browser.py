@@ -18,6 +18,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from workshop_lib.kernel_sockets import LAB_OPTION
+
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 selenium = pytest.importorskip("selenium", reason="selenium is not installed: pip install -e '.[dev]'")
 if not (CHROMIUM and CHROMEDRIVER):
@@ -104,6 +106,7 @@ class Lab:
                 "--ServerApp.password=",
                 f"--ServerApp.root_dir={self.root}",
                 "--ServerApp.disable_check_xsrf=True",  # the test shuts kernels down through the REST API
+                LAB_OPTION,  # kernels on Unix sockets, as in a lab job
             ],
             env=env,
             stdout=self.log.open("w"),

@@ -14,6 +14,7 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from workshop_lib.kernel_sockets import KernelManager
 from workshop_lib.paths import REPO_ROOT
 
 
@@ -26,6 +27,7 @@ class Kernel:
             self.nb,
             timeout=600,
             kernel_name="python3",
+            kernel_manager_class=KernelManager,  # Unix sockets: no port race with kernels of other processes
             resources={"metadata": {"path": str(REPO_ROOT / "notebooks")}},
         )
         # JupyterLab names its sessions: the kit then shows its live plot, as participants see it

@@ -88,3 +88,28 @@ def test_grpo_resumed_on_two_processes_ends_with_the_parameters_of_an_uninterrup
     result = train.fit(resumed)
     assert result.resumed_from == "checkpoint-3" and result.global_step == 6
     assert result.param_digest == straight.param_digest
+
+
+def test_the_demos_grpo_step_puts_more_answers_in_the_rewarded_form(tmp_path, tiny_model_dir):
+    """The demo's GRPO step, as the demo runs it: from a brief SFT run (demo.BRIEF_STEPS), GRPO_STEPS steps.
+    What it robustly adds on this model is the rewarded form (`well_formed`): 93.5% -> 100% of the held-out
+    answers with three seeds, while exact match moved by noise (README, "RL with verifiable rewards")."""
+    from workshop_lib import demo
+
+    sft = {"run_name": "brief", "output_root": str(tmp_path), "max_steps": demo.BRIEF_STEPS}
+    train.fit(load_recipe("recipes/tiny_cpu.yaml", overrides={**sft, "eval_strategy": "no", "n_generate": 0}))
+    grpo = load_recipe(
+        "recipes/tiny_grpo.yaml",
+        overrides={
+            "model": str(tmp_path / "brief" / "final"),
+            "output_root": str(tmp_path),
+            "run_name": "grpo",
+            "max_steps": demo.GRPO_STEPS,
+            "n_generate": 100,
+        },
+    )
+    train.run(grpo)
+    scored = json.loads((tmp_path / "grpo" / "result.json").read_text())
+    before, after = scored["rewards_before"]["well_formed"], scored["rewards_after"]["well_formed"]
+    assert scored["exact_match_before"] < 0.5  # a model with room to learn
+    assert after > before, (before, after)

@@ -14,7 +14,7 @@ from workshop_lib import recipe as R
 from workshop_lib.demo import run_notebook
 from workshop_lib.model import REPO_ROOT
 
-PAPERMILL = [sys.executable, "-m", "papermill", "--cwd", str(REPO_ROOT)]
+PAPERMILL = [sys.executable, "-m", "papermill", "--engine", "workshop", "--cwd", str(REPO_ROOT)]
 FAST = {
     # a few hundred rows: every run tokenizes its data (the whole file is 4000 conversations)
     "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 400}],

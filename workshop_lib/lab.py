@@ -46,6 +46,8 @@ def render(
 ) -> str:
     """The job script for a profile and the options of the command line. runs: where the notebooks it
     serves write their run folders (WORKSHOP_OUTPUT_ROOT)."""
+    from .kernel_sockets import LAB_OPTION  # papermill and jupyter_client: only when a script is rendered
+
     gpus = profile.get("gpus_per_node") if gpus is None else gpus
     options = {
         "--account": profile.get("account"),
@@ -67,6 +69,7 @@ def render(
         "TOKEN_FILE": str(folder / "token"),
         "CONNECTION": str(folder / "connection.json"),
         "RUNS": str(runs or folder.parent.parent),
+        "KERNELS": LAB_OPTION,
     }
     text = TEMPLATE.read_text()
     for k, v in fields.items():

@@ -1,0 +1,83 @@
+"""Headless notebook kernels that cannot collide with their neighbours: Unix sockets, not TCP ports.
+
+jupyter_client picks a kernel's five TCP ports in the client by binding port 0 and closing the sockets; the
+kernel binds them a second or so later. A process beside it (another job's papermill on a shared node, a job
+array's tasks starting together, a test worker) can be given the same ports in between. Then one kernel dies
+at start, or a client talks to the wrong kernel: 600 tiny notebooks run three at a time on 2 cores gave one
+kernel a stranger's heartbeat on its control socket (tcp), and none with these sockets
+(benchmarks/kernel_starts.py). On one machine a kernel needs no ports: `transport="ipc"` uses Unix sockets,
+here in a private folder per kernel (jupyter_client's own default would be `kernel-ipc-1...5` in the
+working directory, shared by every kernel started there).
+
+Used by papermill's `--engine workshop` (the job script; `pyproject.toml` registers it), `demo.run_notebook`,
+the tests' kernels, and JupyterLab in a lab job (`LAB_OPTION`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from jupyter_client import AsyncKernelManager
+from traitlets import default
+
+# a Unix socket's path holds at most 107 bytes; the folder name plus "/k-5" must fit
+_MAX_SOCKET_DIR = 96
+
+
+class UnixSockets:
+    """A local kernel on Unix sockets in its own folder under $TMPDIR (removed when the kernel ends).
+    Falls back to TCP when that folder's path is too long for a socket name. Mixed into a kernel manager."""
+
+    @default("transport")
+    def _transport_default(self) -> str:
+        return "ipc" if len(self._socket_dir()) <= _MAX_SOCKET_DIR else "tcp"
+
+    def _socket_dir(self) -> str:
+        if not getattr(self, "_sockets", None):
+            self._sockets = tempfile.mkdtemp(prefix="kernel-")
+        return self._sockets
+
+    def _ip_default(self) -> str:  # jupyter_client's dynamic default for `ip`, which ipc takes as a path
+        return os.path.join(self._socket_dir(), "k") if self.transport == "ipc" else super()._ip_default()
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if not restart:  # a restarted kernel binds the same sockets again
+            shutil.rmtree(self._socket_dir(), ignore_errors=True)
+
+
+class KernelManager(UnixSockets, AsyncKernelManager):
+    """papermill's and nbclient's kernel manager (both take it as `kernel_manager_class`)."""
+
+
+# JupyterLab's server takes its kernel manager by name (this option); papermill finds its engine by the entry
+# point "workshop" (pyproject.toml)
+LAB_OPTION = "--AsyncMappingKernelManager.kernel_manager_class=workshop_lib.kernel_sockets.LabKernelManager"
+
+
+def __getattr__(name: str):
+    """Engine and LabKernelManager are made on first use: importing papermill loads every engine's entry point,
+    this module's included, so this module must not import papermill (or jupyter_server, for the lab) itself."""
+    if name == "Engine":
+        from papermill.engines import NBClientEngine
+
+        class Engine(NBClientEngine):
+            """papermill's own engine with the kernel above: `papermill --engine workshop in.ipynb out.ipynb`."""
+
+            @classmethod
+            def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+                kwargs.setdefault("kernel_manager_class", KernelManager)
+                return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+        made = Engine
+    elif name == "LabKernelManager":
+        from jupyter_server.services.kernels.kernelmanager import ServerKernelManager
+
+        made = type(name, (UnixSockets, ServerKernelManager), {"__doc__": "JupyterLab's kernel manager."})
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    made.__module__ = __name__
+    globals()[name] = made
+    return made
