@@ -7,8 +7,8 @@ VENV ?= .venv
 PYTEST_ARGS ?= --durations=30
 PY := $(VENV)/bin/python
 # make test runs in one process. Two workers (XDIST="-n 2 --dist loadfile --no-loadscope-reorder": a file at a
-# time each, the Slurm module first, beside the rest) took 14 min 28 s instead of about 17, but one run in three
-# hung: two processes starting Jupyter kernels at once can pick the same ports (jupyter_client's race).
+# time each, the Slurm module first, beside the rest) took 14.5-15 min instead of about 17, but some runs hang:
+# a notebook's kernel runs a cell and papermill never gets its reply (README, "Tests").
 XDIST ?=
 export TOKENIZERS_PARALLELISM ?= false
 
