@@ -42,7 +42,7 @@ def pytest_make_collect_report(collector):
 
 
 # The Slurm module waits on its jobs much of its time: collected first, it runs beside the rest of the suite
-# (make test runs two pytest workers, one test file at a time each, in this order).
+# with two pytest workers (README, "Tests": one test file at a time each, in this order; make test uses one).
 FIRST = ("test_slurm.py",)
 
 
