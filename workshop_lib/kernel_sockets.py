@@ -3,9 +3,9 @@
 jupyter_client picks a kernel's five TCP ports in the client by binding port 0 and closing the sockets; the
 kernel binds them a second or so later. A process beside it (another job's papermill on a shared node, a job
 array's tasks starting together, a test worker) can be given the same ports in between. Then one kernel dies
-at start, or a client talks to the wrong kernel: 600 tiny notebooks run three at a time on 2 cores gave one
-kernel a stranger's heartbeat on its control socket (tcp), and none with these sockets
-(benchmarks/kernel_starts.py). On one machine a kernel needs no ports: `transport="ipc"` uses Unix sockets,
+at start, or a client talks to the wrong kernel. 1200 tiny notebooks run three at a time on 2 cores: one
+kernel died at bind (its papermill waited 60 s), another got a stranger's heartbeat on its control socket;
+600 with these sockets: neither (benchmarks/RESULTS.md). On one machine a kernel needs no ports: `transport="ipc"` uses Unix sockets,
 here in a private folder per kernel (jupyter_client's own default would be `kernel-ipc-1...5` in the
 working directory, shared by every kernel started there).
 
