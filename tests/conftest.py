@@ -59,8 +59,9 @@ def tiny_model_dir(tmp_path_factory):
 
 
 def _once_per_run(tmp_path_factory, name: str, run_name: str, train_it):
-    """A run folder trained once per test run, even with several pytest workers (make test runs two): the
-    first worker to ask trains it under a lock, the others read it (tests only read these runs)."""
+    """A run folder trained once per test run, even with several pytest workers (the README's optional
+    two-worker command): the first worker to ask trains it under a lock, the others read it (tests only read
+    these runs)."""
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp()

@@ -7,8 +7,9 @@ One module per job, in the order a participant meets them:
 - build, callbacks, rewards, worker, launch, train, runfolder, control, watchdog, failures: TRL objects from a
   recipe, the training worker, its processes and nodes, the run folder, stop/resume, hangs and root causes
 - progress, plots, widgets, runs, scoring, generate, export, modelcard, push: following and judging a run
-- submit, jobscript, jobenv, lab, kernel, prefetch, doctor, demo, cli: Slurm jobs, JupyterLab on a node,
-  the offline hub cache, environment checks, the demo pipeline, the command line
+- submit, jobscript, jobenv, lab, kernel, kernel_sockets, prefetch, doctor, demo, cli: Slurm jobs, JupyterLab on
+  a node, the kit's kernels (spec; Unix sockets), the offline hub cache, environment checks, the demo pipeline,
+  the command line
 """
 
 import os

@@ -5,9 +5,9 @@ kernel binds them a second or so later. A process beside it (another job's paper
 array's tasks starting together, a test worker) can be given the same ports in between. Then one kernel dies
 at start, or a client talks to the wrong kernel. 1200 tiny notebooks run three at a time on 2 cores: one
 kernel died at bind (its papermill waited 60 s), another got a stranger's heartbeat on its control socket;
-600 with these sockets: neither (benchmarks/RESULTS.md). On one machine a kernel needs no ports: `transport="ipc"` uses Unix sockets,
-here in a private folder per kernel (jupyter_client's own default would be `kernel-ipc-1...5` in the
-working directory, shared by every kernel started there).
+600 with these sockets: neither (benchmarks/RESULTS.md). On one machine a kernel needs no ports:
+`transport="ipc"` uses Unix sockets, here in a private folder per kernel (jupyter_client's own default would be
+`kernel-ipc-1...5` in the working directory, shared by every kernel started there).
 
 Used by papermill's `--engine workshop` (the job script; `pyproject.toml` registers it), `demo.run_notebook`,
 the tests' kernels, and JupyterLab in a lab job (`LAB_OPTION`).

@@ -46,7 +46,7 @@ def render(
 ) -> str:
     """The job script for a profile and the options of the command line. runs: where the notebooks it
     serves write their run folders (WORKSHOP_OUTPUT_ROOT)."""
-    from .kernel_sockets import LAB_OPTION  # papermill and jupyter_client: only when a script is rendered
+    from .kernel_sockets import LAB_OPTION  # it imports jupyter_client: only when a script is rendered
 
     gpus = profile.get("gpus_per_node") if gpus is None else gpus
     options = {
