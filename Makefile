@@ -6,10 +6,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?= --durations=30
 PY := $(VENV)/bin/python
-# make test runs in one process. Two workers (XDIST="-n 2 --dist loadfile --no-loadscope-reorder": a file at a
-# time each, the Slurm module first, beside the rest) took 14.5-15 min instead of about 17, but some runs hang:
-# a notebook's kernel runs a cell and papermill never gets its reply (README, "Tests").
-XDIST ?=
+# make test runs in one process; the Slurm module's jobs run beside the rest of the suite (tests/conftest.py, Lane)
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup demo test check lint format bench
@@ -23,7 +20,7 @@ test: setup
 	@bash scripts/install_slurm.sh
 	@bash scripts/install_browser.sh
 	$(PY) -m ruff check .
-	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 check: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -1,6 +1,7 @@
 """Shared test set-up. With CI=true a skipped or xfailed test, or a skipped module, is a failure: CI must
 run everything."""
 
+import inspect
 import os
 
 import pytest
@@ -41,13 +42,87 @@ def pytest_make_collect_report(collector):
         _ci_failure(report, "module skipped")
 
 
-# The Slurm module waits on its jobs much of its time: collected first, it runs beside the rest of the suite
-# with two pytest workers (README, "Tests": one test file at a time each, in this order; make test uses one).
-FIRST = ("test_slurm.py",)
+# The Slurm module's tests mostly wait on jobs, which run in other processes: their scenarios start in a
+# background thread at the session's first test (`lane`), the module is collected last, and by the time its
+# tests run they read what the jobs did. The suite's one process keeps both cores busy meanwhile.
+LAST = ("test_slurm.py",)
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name not in FIRST)  # stable: the rest keep their order
+    items.sort(key=lambda item: item.path.name in LAST)  # stable: the rest keep their order
+
+
+class Lane:
+    """Scenarios run one after another in one thread; `result(name)` waits for one and returns what it returned,
+    or raises what it raised (an assertion, a skip) in the test that asks."""
+
+    def __init__(self, scenarios: list, kwargs: dict):
+        import threading
+
+        self.done: dict[str, tuple] = {}
+        self.ready = threading.Condition()
+        self.thread = threading.Thread(target=self._run, args=(scenarios, kwargs), daemon=True, name="lane")
+        self.thread.start()
+
+    def _run(self, scenarios, kwargs):
+        for fn in scenarios:
+            try:
+                outcome = (True, fn(**kwargs[fn.__name__]))
+            except BaseException as e:  # an assertion, a timeout or a skip: re-raised in the test that asks
+                outcome = (False, e)
+            with self.ready:
+                self.done[fn.__name__] = outcome
+                self.ready.notify_all()
+
+    def result(self, name: str, timeout: float = 1800):
+        with self.ready:
+            if not self.ready.wait_for(lambda: name in self.done, timeout):
+                raise TimeoutError(f"the background scenario {name} did not end in {timeout} s")
+            ok, value = self.done[name]
+        if not ok:
+            raise value
+        return value
+
+
+@pytest.fixture(scope="session")
+def lane(request):
+    """The background lane of this session's selected tests marked `lane(scenario, ...)`: each scenario is a
+    function of the test's module, called with the fixtures its parameters name (resolved here, in the main
+    thread: fixtures are not thread-safe), in the order the tests are collected."""
+    scenarios, kwargs = [], {}
+    for item in request.session.items:
+        for mark in item.iter_markers("lane"):
+            for name in mark.args:
+                fn = getattr(item.module, name)
+                if name in kwargs:
+                    continue
+                try:
+                    kwargs[name] = {p: request.getfixturevalue(p) for p in inspect.signature(fn).parameters}
+                    scenarios.append(fn)
+                except BaseException as e:  # e.g. no cluster here (a skip): the tests that ask get it
+
+                    def failed(e=e):
+                        raise e
+
+                    failed.__name__ = name
+                    kwargs[name] = {}
+                    scenarios.append(failed)
+    return Lane(scenarios, kwargs)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_the_lane(request):
+    """The lane starts at the session's first test when any selected test uses it."""
+    if any("lane" in item.fixturenames for item in request.session.items):
+        request.getfixturevalue("lane")
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One real Slurm cluster on localhost for the whole session (tests/slurm_cluster.py)."""
+    from slurm_cluster import for_tests
+
+    return for_tests()
 
 
 @pytest.fixture(scope="session")
@@ -59,18 +134,10 @@ def tiny_model_dir(tmp_path_factory):
 
 
 def _once_per_run(tmp_path_factory, name: str, run_name: str, train_it):
-    """A run folder trained once per test run, even with several pytest workers (the README's optional
-    two-worker command): the first worker to ask trains it under a lock, the others read it (tests only read
-    these runs)."""
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp()
-    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root  # the workers' common folder
-    with FileLock(str(root / f"{name}.lock")):
-        run_dir = root / name / run_name
-        if not (run_dir / "result.json").exists():
-            train_it(root / name)
-    return run_dir
+    """A run folder trained once per test run (tests only read these runs)."""
+    root = tmp_path_factory.getbasetemp() / name
+    train_it(root)
+    return root / run_name
 
 
 @pytest.fixture(scope="session")

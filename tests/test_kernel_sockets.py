@@ -57,3 +57,45 @@ def test_a_temporary_folder_too_long_for_a_socket_name_falls_back_to_tcp(tmp_pat
 def test_papermill_knows_the_engine_by_name():
     """`papermill --engine workshop` (the job script): the entry point in pyproject.toml is installed."""
     assert papermill_engines.get_engine("workshop") is kernel_sockets.Engine
+
+
+def test_a_reply_whose_wake_up_was_consumed_elsewhere_still_arrives():
+    """The client waits; the reply arrives, but its wake-up is consumed elsewhere (here: a check of the socket's
+    events from outside asyncio, while the loop is busy). A plain wait then misses the reply for good; the kit's
+    channel sees it at its next slice."""
+    import time
+
+    import zmq
+    from jupyter_client.channels import AsyncZMQSocketChannel
+
+    async def reply_while_waiting(kc, wait) -> tuple[asyncio.Future, float]:
+        waiting = asyncio.ensure_future(wait)
+        await asyncio.sleep(0.1)  # the wait has registered its wake-up
+        kc.kernel_info()
+        outside = zmq.Socket.shadow(kc.shell_channel.socket.underlying)
+        deadline = time.monotonic() + 30
+        while not outside.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # blocks the loop; consumes the wake-up
+            assert time.monotonic() < deadline, "no reply in 30 s"
+            time.sleep(0.01)
+        return waiting, time.monotonic()
+
+    async def main():
+        km = KernelManager(kernel_name="python3")
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+            plain, _ = await reply_while_waiting(kc, AsyncZMQSocketChannel.get_msg(kc.shell_channel))
+            done, _ = await asyncio.wait([plain], timeout=3)
+            assert not done, "the plain wait saw the reply: the wake-up was not lost, nothing is tested"
+            plain.cancel()
+            assert (await kc.shell_channel.get_msg(timeout=1))["msg_type"] == "kernel_info_reply"  # drained
+            ours, arrived = await reply_while_waiting(kc, kc.shell_channel.get_msg())
+            reply = await asyncio.wait_for(ours, 5)
+            assert reply["msg_type"] == "kernel_info_reply" and time.monotonic() - arrived < 2
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    asyncio.run(main())

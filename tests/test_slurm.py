@@ -1,8 +1,10 @@
 """The training job on a real Slurm cluster on localhost (3 nodes, shared by the session).
 
-Parity is checked like with like: the uninterrupted reference of each preempted run is a job on the same
-cluster with the same profile (environment, threads, launcher), submitted at the same time. The jobs that
-take longest are submitted once, at the start of the module, so they share the cluster.
+The jobs run while the rest of the suite does: each test names its scenario (`lane` marker), a function below
+that submits jobs, acts on them (a signal, a kill, scancel) and returns what happened; conftest's lane runs the
+scenarios in a background thread from the session's first test, and this module, collected last, checks what
+they returned. Parity is checked like with like: the uninterrupted reference of each preempted run is a job on
+the same cluster with the same profile (environment, threads, launcher), submitted at the same time.
 """
 
 import json
@@ -18,7 +20,6 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from slurm_cluster import for_tests
 
 from workshop_lib.paths import REPO_ROOT
 
@@ -62,11 +63,6 @@ GRPO_PARITY = {
     "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 64}],
 }
 LONG = {**FAST, "max_steps": 3000, "logging_steps": 5, "collective_timeout_s": 1800}
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    return for_tests()  # one cluster for the whole session, shared with test_submit.py
 
 
 def submit(cluster, out_root, *args, params=FAST, check=True, sbatch=()):
@@ -144,16 +140,21 @@ def preempt(cluster, out_root, name, job, points):
         last = json.loads((run_dir / "tries.jsonl").read_text().splitlines()[-1])["to_step"]
 
 
-@pytest.fixture(scope="module")
-def quick(cluster, tmp_path_factory):
-    """Short jobs that fail or finish at their start, submitted together: a taken derived port, a port given by
-    hand and held (EADDRINUSE on node 0), an exception in the notebook."""
+def shared_jobs(cluster, tmp_path_factory, brief_sft_run):
+    """The background lane's first scenario: every job that only needs watching, submitted together so that
+    they share the cluster, and each one's end recorded (its scontrol record and log).
+
+    Quick jobs that fail or finish at their start: a taken derived port, a port given by hand and held
+    (EADDRINUSE on node 0), an exception in the notebook. Then the long jobs: a 3-node SFT run with the python
+    launcher, a 2-node DPO run with the papermill launcher (notebook 06 on each node) and a 2-node GRPO run,
+    each with its preempted twin. Every node start costs CPU seconds (torch, the model): these nine jobs start
+    about 30 node-processes in all."""
     import socket
 
     from workshop_lib import ports
 
-    root = tmp_path_factory.mktemp("quick")
-    bad = root / "bad.jsonl"
+    quick_root, root = tmp_path_factory.mktemp("quick"), tmp_path_factory.mktemp("jobs")
+    bad = quick_root / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     common = ["--recipe", "recipes/tiny_cpu.yaml", "--nodes", "2"]
     held = []
@@ -169,11 +170,11 @@ def quick(cluster, tmp_path_factory):
     # template, which drops system prompts (the bundled data has them: system_prompt auto merges them)
     from test_real_tokenizers import REALS, save_tiny_model
 
-    real = save_tiny_model(REALS[1], root / "mistral-v3-tiny")
-    ids = {}
-    ids["port"], _ = submit(
+    real = save_tiny_model(REALS[1], quick_root / "mistral-v3-tiny")
+    quick = {}
+    quick["port"], _ = submit(
         cluster,
-        root,
+        quick_root,
         *common,
         "--name",
         "port",
@@ -182,11 +183,11 @@ def quick(cluster, tmp_path_factory):
         params={**FAST, "model": str(real)},
         sbatch=["--hold"],
     )
-    derived = hold(ports.master_port_for_job(ids["port"]))
+    derived = hold(ports.master_port_for_job(quick["port"]))
     taken = hold(ports.free_port())
-    ids["inuse"], _ = submit(
+    quick["inuse"], _ = submit(
         cluster,
-        root,
+        quick_root,
         *common,
         "--name",
         "inuse",
@@ -194,58 +195,11 @@ def quick(cluster, tmp_path_factory):
         "python",
         params={**FAST, "master_port": taken},
     )
-    ids["exc"], _ = submit(cluster, root, *common, "--name", "exc", params={**FAST, "train_file": str(bad)})
-    cluster.run("scontrol", "release", ids["port"])
-    yield {"root": root, "ids": ids, "derived": derived}
-    for s in held:
-        s.close()
+    quick["exc"], _ = submit(
+        cluster, quick_root, *common, "--name", "exc", params={**FAST, "train_file": str(bad)}
+    )
+    cluster.run("scontrol", "release", quick["port"])
 
-
-def _ended(cluster, quick, name):
-    """(The quick tests also take `jobs`: the long jobs are submitted before these wait, and run meanwhile.)"""
-    job = quick["ids"][name]
-    info = cluster.wait(job, timeout=300)
-    return info, log_of(quick["root"], name, job)
-
-
-def test_a_taken_rendezvous_port_does_not_fail_the_job(cluster, quick, jobs):
-    """The port a job would derive from its id is held by another program: the job picks another one."""
-    info, log = _ended(cluster, quick, "port")
-    assert info["JobState"] == "COMPLETED", log[-3000:]
-    port = int(re.search(r"master n1:(\d+)", log).group(1))
-    assert port != quick["derived"], log[:2000]
-    print(f"\nderived port {quick['derived']} held by another program: the job chose {port} and completed")
-    # ... with a real vocabulary, on 2 nodes, the system prompts merged as the template report says
-    result = json.loads((quick["root"] / "port" / "result.json").read_text())
-    assert result["world_size"] == 2 and result["system_prompt"] == "merge", result
-    assert "system prompts were merged into the first user turn (system_prompt: auto)" in log, log[-3000:]
-
-
-def test_an_exception_on_node_0_beats_a_node_that_ended_without_reporting(cluster, quick, jobs):
-    """Node 0 cannot bind its rendezvous port (EADDRINUSE: a port given by hand, held); node 1, waiting for
-    it, is then killed by srun without a word: the root cause is node 0's error."""
-    info, log = _ended(cluster, quick, "inuse")
-    assert info["JobState"] == "FAILED", log[-3000:]
-    last = log.strip().splitlines()[-1]
-    assert "ROOT CAUSE" in last and "node 0" in last and "address already in use" in last.lower(), log[-4000:]
-    print(f"\n{last}")
-
-
-def test_an_exception_in_a_notebook_is_the_root_cause(cluster, quick, jobs):
-    info, log = _ended(cluster, quick, "exc")
-    assert info["JobState"] == "FAILED"
-    assert log.count("ROOT CAUSE") == 1, log[-4000:]
-    last = log.strip().splitlines()[-1]
-    assert "ROOT CAUSE" in last and "no assistant turn" in last and "bad.jsonl:line 1" in last, log[-3000:]
-
-
-@pytest.fixture(scope="module")
-def jobs(cluster, tmp_path_factory, quick, brief_sft_run):
-    """The long jobs, submitted together (after the quick jobs, which then run while these start): a
-    3-node SFT run with the python launcher, a 2-node DPO run with the papermill launcher (notebook 06
-    on each node) and a 2-node GRPO run, each with its preempted twin. Every node start costs CPU seconds
-    (torch, the model): these six jobs start 24 node-processes in all."""
-    root = tmp_path_factory.mktemp("jobs")
     submitted, drivers, errors = {}, [], []
     grpo = {**GRPO_PARITY, "model": str(brief_sft_run / "final")}
     # SFT: two stops, one at an arbitrary step, one the moment the requeued try starts (a signal that early
@@ -283,22 +237,79 @@ def jobs(cluster, tmp_path_factory, quick, brief_sft_run):
         t = threading.Thread(target=drive, daemon=True)
         t.start()
         drivers.append(t)
-    return {"root": root, "ids": submitted, "drivers": drivers, "errors": errors, "brief": brief_sft_run}
+
+    for t in drivers:
+        t.join(900)
+    ended = {}
+    for name, job in quick.items():
+        ended[name] = cluster.wait(job, timeout=300), log_of(quick_root, name, job)
+    for s in held:
+        s.close()
+    for name, job in submitted.items():
+        ended[name] = cluster.wait(job, timeout=900), log_of(root, name, job)
+    return {
+        "quick": quick_root,
+        "derived": derived,
+        "root": root,
+        "ids": submitted,
+        "ended": ended,
+        "errors": errors,
+        "brief": brief_sft_run,
+    }
 
 
-def finished(cluster, jobs, name, timeout=900):
-    for t in jobs["drivers"]:
-        t.join(timeout)
+def _ended(lane, name):
+    jobs = lane.result("shared_jobs")
+    return jobs["ended"][name]
+
+
+@pytest.mark.lane("shared_jobs")
+def test_a_taken_rendezvous_port_does_not_fail_the_job(lane):
+    """The port a job would derive from its id is held by another program: the job picks another one."""
+    info, log = _ended(lane, "port")
+    derived = lane.result("shared_jobs")["derived"]
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    port = int(re.search(r"master n1:(\d+)", log).group(1))
+    assert port != derived, log[:2000]
+    print(f"\nderived port {derived} held by another program: the job chose {port} and completed")
+    # ... with a real vocabulary, on 2 nodes, the system prompts merged as the template report says
+    result = json.loads((lane.result("shared_jobs")["quick"] / "port" / "result.json").read_text())
+    assert result["world_size"] == 2 and result["system_prompt"] == "merge", result
+    assert "system prompts were merged into the first user turn (system_prompt: auto)" in log, log[-3000:]
+
+
+@pytest.mark.lane("shared_jobs")
+def test_an_exception_on_node_0_beats_a_node_that_ended_without_reporting(lane):
+    """Node 0 cannot bind its rendezvous port (EADDRINUSE: a port given by hand, held); node 1, waiting for
+    it, is then killed by srun without a word: the root cause is node 0's error."""
+    info, log = _ended(lane, "inuse")
+    assert info["JobState"] == "FAILED", log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert "ROOT CAUSE" in last and "node 0" in last and "address already in use" in last.lower(), log[-4000:]
+    print(f"\n{last}")
+
+
+@pytest.mark.lane("shared_jobs")
+def test_an_exception_in_a_notebook_is_the_root_cause(lane):
+    info, log = _ended(lane, "exc")
+    assert info["JobState"] == "FAILED"
+    assert log.count("ROOT CAUSE") == 1, log[-4000:]
+    last = log.strip().splitlines()[-1]
+    assert "ROOT CAUSE" in last and "no assistant turn" in last and "bad.jsonl:line 1" in last, log[-3000:]
+
+
+def finished(lane, name):
+    jobs = lane.result("shared_jobs")
     assert not [e for e in jobs["errors"] if e.startswith(f"{name}:")], jobs["errors"]
-    job = jobs["ids"][name]
-    info = cluster.wait(job, timeout=timeout)
-    log = log_of(jobs["root"], name, job)
+    info, log = jobs["ended"][name]
     assert info["JobState"] == "COMPLETED", log[-3000:]
     return info, log, jobs["root"] / name
 
 
-def test_a_two_node_papermill_job_logs_each_line_once(cluster, jobs):
-    info, log, run = finished(cluster, jobs, "dpo2")
+@pytest.mark.lane("shared_jobs")
+def test_a_two_node_papermill_job_logs_each_line_once(lane):
+    info, log, run = finished(lane, "dpo2")
+    jobs = lane.result("shared_jobs")
     job = jobs["ids"]["dpo2"]
     digests = []
     for node in (0, 1):
@@ -319,9 +330,10 @@ def test_a_two_node_papermill_job_logs_each_line_once(cluster, jobs):
     ]  # papermill --log-output: progress in the log
 
 
-def test_a_preempted_three_node_job_ends_with_the_parameters_of_an_uninterrupted_one(cluster, jobs):
-    _, _, ref = finished(cluster, jobs, "sft3")
-    info, log, run = finished(cluster, jobs, "sft3-pre")
+@pytest.mark.lane("shared_jobs")
+def test_a_preempted_three_node_job_ends_with_the_parameters_of_an_uninterrupted_one(lane):
+    _, _, ref = finished(lane, "sft3")
+    info, log, run = finished(lane, "sft3-pre")
     tries = [json.loads(x) for x in (run / "tries.jsonl").read_text().splitlines()]
     stops = [t["to_step"] for t in tries if t["preempted"]]
     assert len(stops) == 2 and int(info["Restarts"]) == 2, (tries, log[-3000:])
@@ -344,9 +356,10 @@ def test_a_preempted_three_node_job_ends_with_the_parameters_of_an_uninterrupted
     assert result["total_tokens"] == straight["total_tokens"]
 
 
-def test_a_preempted_two_node_dpo_job_ends_with_the_parameters_of_an_uninterrupted_one(cluster, jobs):
-    _, _, ref = finished(cluster, jobs, "dpo2")
-    info, log, run = finished(cluster, jobs, "dpo2-pre")
+@pytest.mark.lane("shared_jobs")
+def test_a_preempted_two_node_dpo_job_ends_with_the_parameters_of_an_uninterrupted_one(lane):
+    _, _, ref = finished(lane, "dpo2")
+    info, log, run = finished(lane, "dpo2-pre")
     tries = [json.loads(x) for x in (run / "tries.jsonl").read_text().splitlines()]
     assert [t["preempted"] for t in tries] == [True, False] and int(info["Restarts"]) == 1, log[-3000:]
     assert tries[1]["from_step"] == tries[0]["to_step"] > 0
@@ -367,17 +380,18 @@ def test_a_preempted_two_node_dpo_job_ends_with_the_parameters_of_an_uninterrupt
     assert steps == sorted(set(steps)), steps
 
 
-def test_a_preempted_two_node_grpo_job_ends_with_the_parameters_of_an_uninterrupted_one(cluster, jobs):
+@pytest.mark.lane("shared_jobs")
+def test_a_preempted_two_node_grpo_job_ends_with_the_parameters_of_an_uninterrupted_one(lane):
     """GRPO samples its answers: the requeued try must sample the same ones on every node (each rank's random
     state is in the checkpoint the stop wrote), so it ends with the uninterrupted run's parameters."""
-    _, _, ref = finished(cluster, jobs, "grpo2")
-    info, log, run = finished(cluster, jobs, "grpo2-pre")
+    _, _, ref = finished(lane, "grpo2")
+    info, log, run = finished(lane, "grpo2-pre")
     tries = [json.loads(x) for x in (run / "tries.jsonl").read_text().splitlines()]
     assert [t["preempted"] for t in tries] == [True, False] and int(info["Restarts"]) == 1, log[-3000:]
     assert tries[1]["from_step"] == tries[0]["to_step"] > 0
     result = json.loads((run / "result.json").read_text())
     straight = json.loads((ref / "result.json").read_text())
-    start = json.loads((jobs["brief"] / "result.json").read_text())
+    start = json.loads((lane.result("shared_jobs")["brief"] / "result.json").read_text())
     print(
         f"\nGRPO, 2 nodes: stopped at step {tries[0]['to_step']}; digests {result['param_digest']} "
         f"{straight['param_digest']} (the SFT model it started from: {start['param_digest']})"
@@ -391,20 +405,29 @@ def test_a_preempted_two_node_grpo_job_ends_with_the_parameters_of_an_uninterrup
     assert [r["step"] for r in rewards] == list(range(1, GRPO_PARITY["max_steps"] + 1)), rewards
 
 
-def test_sweep_runs_as_a_job_array_with_a_log_per_task(cluster, tmp_path):
-    sweep = tmp_path / "lr.yaml"
-    grid = {"learning_rate": [1.0e-3, 3.0e-3]}
+def sweep(cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    sweep = root / "lr.yaml"
     sweep.write_text(
-        yaml.safe_dump({"recipe": "recipes/tiny_cpu.yaml", "name": "lr", "grid": grid, "fixed": FAST})
+        yaml.safe_dump({"recipe": "recipes/tiny_cpu.yaml", "name": "lr", "grid": SWEEP, "fixed": FAST})
     )
-    job, out = submit(cluster, tmp_path, "--sweep", str(sweep), params={})
-    logs = re.findall(r"log:\s+(\S+)", out.stdout)
-    assert logs == [f"{tmp_path}/logs/lr-{job}_{i}.out" for i in (0, 1)], out.stdout
+    job, out = submit(cluster, root, "--sweep", str(sweep), params={})
     wait_until(
         lambda: not cluster.run("squeue", "-h", "-j", job, check=False).stdout.strip(), 600, "the sweep"
     )
-    for i, lr in enumerate(grid["learning_rate"]):
-        run = tmp_path / f"lr-{i}"
+    return root, job, out.stdout
+
+
+SWEEP = {"learning_rate": [1.0e-3, 3.0e-3]}
+
+
+@pytest.mark.lane("sweep")
+def test_sweep_runs_as_a_job_array_with_a_log_per_task(lane):
+    root, job, out = lane.result("sweep")
+    logs = re.findall(r"log:\s+(\S+)", out)
+    assert logs == [f"{root}/logs/lr-{job}_{i}.out" for i in (0, 1)], out
+    for i, lr in enumerate(SWEEP["learning_rate"]):
+        run = root / f"lr-{i}"
         assert (run / "result.json").exists(), Path(logs[i]).read_text()[-3000:]
         assert yaml.safe_load((run / "recipe.yaml").read_text())["learning_rate"] == lr
         assert f"run {run}" in Path(logs[i]).read_text()  # each task's log is its own
@@ -438,16 +461,13 @@ def _is_kernel(cmd, parent):  # the kernel itself (its forked workers share its 
     return b"ipykernel_launcher" in cmd and b"ipykernel" not in parent
 
 
-def _kill_during_training(cluster, tmp_path, name, pick):
+def _kill_during_training(cluster, root, name, pick):
+    """Kill node 1's processes for which pick(...) once training has started: the job's end and its log."""
     job, _ = submit(
-        cluster, tmp_path, "--recipe", "recipes/tiny_cpu.yaml", "--nodes", "2", "--name", name, params=LONG
+        cluster, root, "--recipe", "recipes/tiny_cpu.yaml", "--nodes", "2", "--name", name, params=LONG
     )
     cluster.wait_for(
-        job,
-        lambda: logged_steps(tmp_path / name),
-        300,
-        "training to start",
-        lambda: log_of(tmp_path, name, job),
+        job, lambda: logged_steps(root / name), 300, "training to start", lambda: log_of(root, name, job)
     )
     pids = _processes(job, "1", pick)
     assert pids, f"no process of node 1 for which {pick.__name__}"
@@ -455,8 +475,19 @@ def _kill_during_training(cluster, tmp_path, name, pick):
     for pid in pids:
         os.kill(pid, 9)
     info = cluster.wait(job, timeout=150)
-    took = time.time() - t_kill
-    log = log_of(tmp_path, name, job)
+    return info, time.time() - t_kill, log_of(root, name, job)
+
+
+def killed_rank(cluster, tmp_path_factory):
+    return _kill_during_training(cluster, tmp_path_factory.mktemp("crash"), "crash", _is_worker)
+
+
+def dead_kernel(cluster, tmp_path_factory):
+    return _kill_during_training(cluster, tmp_path_factory.mktemp("kernel"), "kernel", _is_kernel)
+
+
+def _root_cause_of_a_kill(lane, scenario):
+    info, took, log = lane.result(scenario)
     assert info["JobState"] in ("FAILED", "CANCELLED"), info
     assert took < 60, f"the job took {took:.0f} s to end after the kill (collective timeout 1800 s)"
     assert log.count("ROOT CAUSE") == 1, log[-4000:]  # exactly one, and it is the last line of the log
@@ -465,41 +496,43 @@ def _kill_during_training(cluster, tmp_path, name, pick):
     return last, took
 
 
-def test_a_killed_rank_is_the_one_root_cause(cluster, tmp_path):
-    last, took = _kill_during_training(cluster, tmp_path, "crash", _is_worker)
+@pytest.mark.lane("killed_rank")
+def test_a_killed_rank_is_the_one_root_cause(lane):
+    last, took = _root_cause_of_a_kill(lane, "killed_rank")
     assert "rank 1" in last and "SIGKILL" in last, last
     print(f"\nkilled rank 1 (SIGKILL): job ended {took:.1f} s later; {last}")
 
 
-def test_a_dead_kernel_is_the_root_cause(cluster, tmp_path):
-    last, took = _kill_during_training(cluster, tmp_path, "kernel", _is_kernel)
+@pytest.mark.lane("dead_kernel")
+def test_a_dead_kernel_is_the_root_cause(lane):
+    last, took = _root_cause_of_a_kill(lane, "dead_kernel")
     assert "node 1" in last and "kernel died" in last, last
     print(f"\nkilled node 1's notebook kernel: job ended {took:.1f} s later; {last}")
 
 
-def test_scancel_ends_a_two_node_job_for_good_and_records_the_try_as_cancelled(cluster, tmp_path):
+def cancelled(cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cancel")
     job, _ = submit(
-        cluster,
-        tmp_path,
-        "--recipe",
-        "recipes/tiny_cpu.yaml",
-        "--nodes",
-        "2",
-        "--name",
-        "cancel",
-        params=LONG,
+        cluster, root, "--recipe", "recipes/tiny_cpu.yaml", "--nodes", "2", "--name", "cancel", params=LONG
     )
-    run = tmp_path / "cancel"
     cluster.wait_for(
-        job, lambda: logged_steps(run), 300, "training to start", lambda: log_of(tmp_path, "cancel", job)
+        job,
+        lambda: logged_steps(root / "cancel"),
+        300,
+        "training to start",
+        lambda: log_of(root, "cancel", job),
     )
     t0 = time.time()
     cluster.run("scancel", job)
     cluster.wait(job, timeout=120)
     took = time.time() - t0
     time.sleep(4)  # a requeue would show now (the script would have asked for it before ending)
-    info = cluster.job(job)
-    log = log_of(tmp_path, "cancel", job)
+    return cluster.job(job), took, log_of(root, "cancel", job), root / "cancel"
+
+
+@pytest.mark.lane("cancelled")
+def test_scancel_ends_a_two_node_job_for_good_and_records_the_try_as_cancelled(lane):
+    info, took, log, run = lane.result("cancelled")
     assert info["JobState"] == "CANCELLED" and int(info.get("Restarts", 0)) == 0, (info, log[-3000:])
     assert "try 1" not in log and not (run / "PREEMPTED").exists(), log[-3000:]
     tries = [json.loads(x) for x in (run / "tries.jsonl").read_text().splitlines()]
@@ -515,13 +548,16 @@ def _is_train_worker(cmd, parent):  # forked by `workshop_lib train` (the python
     return cmd == parent and b"workshop_lib" in cmd
 
 
-def test_a_frozen_rank_ends_the_job_with_its_root_cause_and_the_job_resumes(cluster, tmp_path):
-    """Node 1's worker is stopped (SIGSTOP): gloo waits forever, the watchdog does not. The job ends the try
-    within hang_timeout_s + 60 s, names rank 1 on node 1, keeps every rank's stacks, requeues and resumes."""
-    params = {**FAST, "max_steps": 16, "save_steps": 2, "logging_steps": 1, "hang_timeout_s": 15}
+FROZEN = {**FAST, "max_steps": 16, "save_steps": 2, "logging_steps": 1, "hang_timeout_s": 15}
+
+
+def frozen_rank(cluster, tmp_path_factory):
+    """Node 1's worker is stopped (SIGSTOP) at step 3; the job's log, how long the try took to end after the
+    stop, and the job's end."""
+    root = tmp_path_factory.mktemp("frozen")
     job, _ = submit(
         cluster,
-        tmp_path,
+        root,
         "--recipe",
         "recipes/tiny_cpu.yaml",
         "--nodes",
@@ -530,21 +566,30 @@ def test_a_frozen_rank_ends_the_job_with_its_root_cause_and_the_job_resumes(clus
         "frozen",
         "--launcher",
         "python",
-        params=params,
+        params=FROZEN,
     )
-    run = tmp_path / "frozen"
+    run = root / "frozen"
 
     def log():
-        return log_of(tmp_path, "frozen", job)
+        return log_of(root, "frozen", job)
 
     cluster.wait_for(job, lambda: max(logged_steps(run), default=0) >= 3, 300, "step 3", log)
     pids = _processes(job, "1", _is_train_worker)
     assert len(pids) == 1, pids
     os.kill(pids[0], signal.SIGSTOP)
     t_stop = time.time()
-    cluster.wait_for(job, lambda: "ROOT CAUSE" in log(), params["hang_timeout_s"] + 60, "the root cause", log)
+    cluster.wait_for(job, lambda: "ROOT CAUSE" in log(), FROZEN["hang_timeout_s"] + 60, "the root cause", log)
     took = time.time() - t_stop
     cause = next(x for x in log().splitlines() if "ROOT CAUSE" in x)
+    info = cluster.wait(job, timeout=600)  # the job requeues after the hang; the next try resumes
+    return job, run, took, cause, info, log()
+
+
+@pytest.mark.lane("frozen_rank")
+def test_a_frozen_rank_ends_the_job_with_its_root_cause_and_the_job_resumes(lane):
+    """Node 1's worker is stopped (SIGSTOP): gloo waits forever, the watchdog does not. The job ends the try
+    within hang_timeout_s + 60 s, names rank 1 on node 1, keeps every rank's stacks, requeues and resumes."""
+    job, run, took, cause, info, log = lane.result("frozen_rank")
     assert "rank 1 (node 1" in cause and "stopped (SIGSTOP" in cause and "the others wait: rank 0" in cause, (
         cause
     )
@@ -552,12 +597,11 @@ def test_a_frozen_rank_ends_the_job_with_its_root_cause_and_the_job_resumes(clus
     stacks = (folder / "stacks" / "rank0.txt").read_text()  # rank 0 answered with all its threads' stacks
     waiting = json.loads((folder / "rank0.json").read_text())
     assert waiting["waiting"] and "Thread" in stacks and "workshop_lib" in stacks, (waiting, stacks)
-    # the job requeues after the hang and the next try resumes from the last checkpoint and finishes
-    info = cluster.wait(job, timeout=600)
-    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, log()[-3000:]
+    # the job requeued after the hang and the next try resumed from the last checkpoint and finished
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) == 1, log[-3000:]
     tries = [json.loads(x) for x in (run / "tries.jsonl").read_text().splitlines()]
     assert [(t["try"], t["ended"]) for t in tries] == [(0, "hang"), (1, "finished")], tries
-    assert tries[1]["from_step"] > 0 and tries[1]["to_step"] == params["max_steps"], tries
+    assert tries[1]["from_step"] > 0 and tries[1]["to_step"] == FROZEN["max_steps"], tries
     print(
         f"\nSIGSTOP on node 1: the try ended {took:.1f} s later (hang_timeout_s 15), requeued, resumed; {cause}"
     )

@@ -6,15 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_cluster import for_tests
 
 from workshop_lib import submit as submit_command
 from workshop_lib.paths import REPO_ROOT
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    return for_tests()
 
 
 def submit(cluster, out_root, *args):

@@ -9,6 +9,9 @@ kernel died at bind (its papermill waited 60 s), another got a stranger's heartb
 `transport="ipc"` uses Unix sockets, here in a private folder per kernel (jupyter_client's own default would be
 `kernel-ipc-1...5` in the working directory, shared by every kernel started there).
 
+Its clients also wait for a message in slices of a second (`Channel`): a wait that rests on one wake-up can miss
+a reply that has arrived, and papermill has no time limit of its own.
+
 Used by papermill's `--engine workshop` (the job script; `pyproject.toml` registers it), `demo.run_notebook`,
 the tests' kernels, and JupyterLab in a lab job (`LAB_OPTION`).
 """
@@ -18,9 +21,12 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
+from queue import Empty
 
-from jupyter_client import AsyncKernelManager
-from traitlets import default
+from jupyter_client import AsyncKernelClient, AsyncKernelManager
+from jupyter_client.channels import AsyncZMQSocketChannel
+from traitlets import DottedObjectName, Type, default
 
 # a Unix socket's path holds at most 107 bytes; the folder name plus "/k-5" must fit
 _MAX_SOCKET_DIR = 96
@@ -48,8 +54,40 @@ class UnixSockets:
             shutil.rmtree(self._socket_dir(), ignore_errors=True)
 
 
+class Channel(AsyncZMQSocketChannel):
+    """Waits for a message in slices of a second. An asyncio wait on a zmq socket rests on its file descriptor's
+    wake-up, and when that wake-up is consumed elsewhere the wait never sees the message that has arrived: the
+    test suite's kernels hung that way (notebook 04's widget cell, its reply in the client's socket, both
+    processes idle) until nbclient's 10-minute limit, and papermill has none. Each new poll checks the socket
+    first, so a missed wake-up costs at most a second."""
+
+    SLICE = 1.0
+
+    async def get_msg(self, timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = self.SLICE if deadline is None else min(self.SLICE, deadline - time.monotonic())
+            try:
+                return await super().get_msg(timeout=max(left, 0.0))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+
+class KernelClient(AsyncKernelClient):
+    """nbclient's and papermill's client of the kernel below: its four message channels are `Channel`s."""
+
+    shell_channel_class = Type(Channel)
+    iopub_channel_class = Type(Channel)
+    stdin_channel_class = Type(Channel)
+    control_channel_class = Type(Channel)
+
+
 class KernelManager(UnixSockets, AsyncKernelManager):
     """papermill's and nbclient's kernel manager (both take it as `kernel_manager_class`)."""
+
+    client_class = DottedObjectName("workshop_lib.kernel_sockets.KernelClient")
+    client_factory = Type(KernelClient)
 
 
 # JupyterLab's server takes its kernel manager by name (this option); papermill finds its engine by the entry

@@ -219,6 +219,13 @@ def _one_process_group(recipe: Recipe) -> None:
         )
     if build.device_kind() != "cpu":
         return  # accelerate makes the NCCL/RCCL group with the timeout (ddp_timeout)
+    if recipe.distributed.startswith("zero"):
+        import deepspeed.ops
+
+        # DeepSpeed's CPU backend compiles a shared-memory all-reduce with g++ when its communication starts
+        # (30 s and 60 CPU-s on 2 cores, again for every new machine or environment). Only its inference
+        # all-reduce uses it; ZeRO's collectives go through torch.distributed's gloo group either way.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if recipe.distributed == "zero3":
         import deepspeed
 
