@@ -3,6 +3,7 @@ run everything."""
 
 import inspect
 import os
+import threading
 
 import pytest
 
@@ -57,8 +58,6 @@ class Lane:
     or raises what it raised (an assertion, a skip) in the test that asks."""
 
     def __init__(self, scenarios: list, kwargs: dict):
-        import threading
-
         self.done: dict[str, tuple] = {}
         self.ready = threading.Condition()
         self.thread = threading.Thread(target=self._run, args=(scenarios, kwargs), daemon=True, name="lane")
@@ -93,9 +92,9 @@ def lane(request):
     for item in request.session.items:
         for mark in item.iter_markers("lane"):
             for name in mark.args:
-                fn = getattr(item.module, name)
                 if name in kwargs:
                     continue
+                fn = getattr(item.module, name)
                 try:
                     kwargs[name] = {p: request.getfixturevalue(p) for p in inspect.signature(fn).parameters}
                     scenarios.append(fn)
@@ -112,8 +111,8 @@ def lane(request):
 
 @pytest.fixture(scope="session", autouse=True)
 def _start_the_lane(request):
-    """The lane starts at the session's first test when any selected test uses it."""
-    if any("lane" in item.fixturenames for item in request.session.items):
+    """The lane starts at the session's first test when any selected test is marked `lane`."""
+    if any(item.get_closest_marker("lane") for item in request.session.items):
         request.getfixturevalue("lane")
 
 

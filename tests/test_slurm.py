@@ -266,14 +266,14 @@ def _ended(lane, name):
 @pytest.mark.lane("shared_jobs")
 def test_a_taken_rendezvous_port_does_not_fail_the_job(lane):
     """The port a job would derive from its id is held by another program: the job picks another one."""
-    info, log = _ended(lane, "port")
-    derived = lane.result("shared_jobs")["derived"]
+    jobs = lane.result("shared_jobs")
+    (info, log), derived = jobs["ended"]["port"], jobs["derived"]
     assert info["JobState"] == "COMPLETED", log[-3000:]
     port = int(re.search(r"master n1:(\d+)", log).group(1))
     assert port != derived, log[:2000]
     print(f"\nderived port {derived} held by another program: the job chose {port} and completed")
     # ... with a real vocabulary, on 2 nodes, the system prompts merged as the template report says
-    result = json.loads((lane.result("shared_jobs")["quick"] / "port" / "result.json").read_text())
+    result = json.loads((jobs["quick"] / "port" / "result.json").read_text())
     assert result["world_size"] == 2 and result["system_prompt"] == "merge", result
     assert "system prompts were merged into the first user turn (system_prompt: auto)" in log, log[-3000:]
 
