@@ -43,14 +43,18 @@ def pytest_make_collect_report(collector):
         _ci_failure(report, "module skipped")
 
 
-# The Slurm module's tests mostly wait on jobs, which run in other processes: their scenarios start in a
-# background thread at the session's first test (`lane`), the module is collected last, and by the time its
-# tests run they read what the jobs did. The suite's one process keeps both cores busy meanwhile.
-LAST = ("test_slurm.py",)
+# Tests that mostly wait on other processes (Slurm jobs, the lab job, papermill, kernels) name scenarios: these
+# start in a background thread at the session's first test (`lane`), the modules are collected last (the Slurm
+# jobs first: they take longest), and by the time their tests run they read what the processes did. The
+# suite's one process keeps both cores busy meanwhile. The multi-process trainings come just before them:
+# when the lane has ended, they are what keeps the second core busy.
+LATE = ("test_dpo.py", "test_grpo.py", "test_train.py")
+LAST = ("test_slurm.py", "test_lab.py", "test_notebooks.py", "test_notebook_loop.py")
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.path.name in LAST)  # stable: the rest keep their order
+    order = {name: 1 for name in LATE} | {name: 2 + k for k, name in enumerate(LAST)}
+    items.sort(key=lambda item: order.get(item.path.name, 0))  # stable: the rest keep their order
 
 
 class Lane:

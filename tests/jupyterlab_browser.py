@@ -118,6 +118,7 @@ class Lab:
         opts.binary_location = CHROMIUM
         for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
             opts.add_argument(arg)
+        opts.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})  # console errors, for failures
         self.driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
         until(self._up, 120, f"JupyterLab to answer on {self.url}")
 
@@ -227,7 +228,7 @@ class Lab:
         until(settled, 20, "widgets to leave 'Loading widget...'")
         text = self.text()
         for err in WIDGET_ERRORS:
-            assert err not in text, f"{err!r} shown in the notebook"
+            assert err not in text, f"{err!r} shown in the notebook; the browser's console: {self.console()}"
         views = self.widget_outputs()
         if expected is not None:
             assert len(views) == expected, f"{len(views)} widget outputs, expected {expected}"
@@ -235,6 +236,10 @@ class Lab:
             assert view.find_elements(By.CSS_SELECTOR, ".jupyter-widgets *"), (
                 f"an empty widget output: {view.text}"
             )
+
+    def console(self) -> list[str]:
+        """The page's console errors since the last call (what the widget manager logged)."""
+        return [e["message"][:300] for e in self.driver.get_log("browser")]
 
     def save(self, name: str) -> nbformat.NotebookNode:
         self.menu("File", "Save Notebook")

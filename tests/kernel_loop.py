@@ -17,6 +17,10 @@ from nbclient.exceptions import CellExecutionError
 from workshop_lib.kernel_sockets import KernelManager
 from workshop_lib.paths import REPO_ROOT
 
+# the environment at import (collection): tests in the main thread change os.environ (monkeypatch) while the
+# background lane (conftest.Lane) starts kernels
+ENV = dict(os.environ)
+
 
 class Kernel:
     """One kernel started in notebooks/ (where JupyterLab starts it), with a notebook loaded into it."""
@@ -31,7 +35,7 @@ class Kernel:
             resources={"metadata": {"path": str(REPO_ROOT / "notebooks")}},
         )
         # JupyterLab names its sessions: the kit then shows its live plot, as participants see it
-        env = {**os.environ, "JPY_SESSION_NAME": f"notebooks/{notebook}", **(env or {})}
+        env = {**ENV, "JPY_SESSION_NAME": f"notebooks/{notebook}", **(env or {})}
         self.client.km = self.client.create_kernel_manager()
         self.client.start_new_kernel(env=env)
         self.client.start_new_kernel_client()

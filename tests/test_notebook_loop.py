@@ -1,6 +1,9 @@
 """The participant's loop, in one kernel as in JupyterLab: Run All, Run All again, edit a value and Run All,
 make a mistake and follow the message to success, restart the kernel half-way. Every run must end without an
-error output and train a fresh run with the values the parameters cell shows (fast tier: short runs)."""
+error output and train a fresh run with the values the parameters cell shows (fast tier: short runs).
+
+The kernels are processes of their own, so the dialogs run in conftest's background lane beside the rest of the
+suite: each test names its scenario (`lane` marker), and the scenario's assertions fail in the test."""
 
 import json
 
@@ -30,14 +33,47 @@ def recipe_of(run):
     return yaml.safe_load((run / "recipe.yaml").read_text())
 
 
-@pytest.fixture(scope="module")
-def kernel03():
+def participant_03(tmp_path_factory):
+    """Notebook 03's four dialogs below, in order, in one kernel (one participant's session, the next model
+    included): what each raised, or None."""
+    raised = {}
     with Kernel("03_train.ipynb", env={"OMP_NUM_THREADS": "1"}) as k:
-        yield k
+        for dialog in (run_all_twice_then_edit, a_mistake_then_the_fix, restart_half_way, your_own_model):
+            try:
+                dialog(k, tmp_path_factory.mktemp(dialog.__name__))
+                raised[dialog.__name__] = None
+            except Exception as e:  # an assertion: failed in its test
+                raised[dialog.__name__] = e
+    return raised
 
 
-def test_03_run_all_twice_then_edit_then_run_all(kernel03, tmp_path):
-    k = kernel03
+def in_the_session(lane, dialog) -> None:
+    error = lane.result("participant_03")[dialog.__name__]
+    if error is not None:
+        raise error
+
+
+@pytest.mark.lane("participant_03")
+def test_03_run_all_twice_then_edit_then_run_all(lane):
+    in_the_session(lane, run_all_twice_then_edit)
+
+
+@pytest.mark.lane("participant_03")
+def test_03_a_mistake_stops_at_its_cell_with_one_line_and_the_fix_works(lane):
+    in_the_session(lane, a_mistake_then_the_fix)
+
+
+@pytest.mark.lane("participant_03")
+def test_03_restart_half_way_then_the_recipe_cell_then_run_all(lane):
+    in_the_session(lane, restart_half_way)
+
+
+@pytest.mark.lane("participant_03")
+def test_03_your_own_model_whose_template_drops_system_prompts(lane):
+    in_the_session(lane, your_own_model)
+
+
+def run_all_twice_then_edit(k: Kernel, tmp_path):
     k.set(output_root=str(tmp_path), overrides=SHORT_OVERRIDES, **SHORT)
     k.run_all()
     k.run_all()  # the notebook's own `trainer`, `model`, `recipe` exist now: nothing may take them for parameters
@@ -55,8 +91,7 @@ def test_03_run_all_twice_then_edit_then_run_all(kernel03, tmp_path):
     assert "parameters cell" in k.text()  # the recipe table says where the edited values came from
 
 
-def test_03_a_mistake_stops_at_its_cell_with_one_line_and_the_fix_works(kernel03, tmp_path):
-    k = kernel03
+def a_mistake_then_the_fix(k: Kernel, tmp_path):
     k.set(output_root=str(tmp_path), overrides=SHORT_OVERRIDES, **SHORT)
     k.set(learnig_rate=0.01)  # a typo, as participants make them
     k.clear()
@@ -76,8 +111,8 @@ def test_03_a_mistake_stops_at_its_cell_with_one_line_and_the_fix_works(kernel03
     assert recipe_of(run)["learning_rate"] == 0.01 and not k.error_outputs()
 
 
-def test_03_restart_half_way_then_the_recipe_cell_then_run_all(kernel03, tmp_path):
-    k = kernel03  # a restart gives the module's kernel a fresh process, as in JupyterLab
+def restart_half_way(k: Kernel, tmp_path):
+    # a restart gives the session's kernel a fresh process, as in JupyterLab
     k.set(output_root=str(tmp_path), overrides=SHORT_OVERRIDES, **SHORT)
     train_cell = k.index_of("trainer.train(")
     assert k.run(stop=train_cell) is None  # up to the training cell: a run folder exists, nothing trained
@@ -93,9 +128,15 @@ def test_03_restart_half_way_then_the_recipe_cell_then_run_all(kernel03, tmp_pat
     assert not (half / "final").exists() and (done / "final").is_dir() and not k.error_outputs()
 
 
-def test_06_without_a_finished_sft_run_says_what_to_do_then_run_all_twice(short_sft_run, tmp_path):
+@pytest.mark.lane("preference_06")
+def test_06_without_a_finished_sft_run_says_what_to_do_then_run_all_twice(lane):
+    lane.result("preference_06")
+
+
+def preference_06(short_sft_run, tmp_path_factory):
     """First pointed at a folder with no finished SFT run: one error that says what to do, nothing written.
     Then, in the same kernel, at the folder of a finished run: Run All twice starts from it each time."""
+    tmp_path = tmp_path_factory.mktemp("06")
     (tmp_path / "half").mkdir()  # a run folder that never finished
     (tmp_path / "half" / "recipe.yaml").write_text("trainer: sft\n")
     root = short_sft_run.parent
@@ -127,7 +168,12 @@ def test_06_without_a_finished_sft_run_says_what_to_do_then_run_all_twice(short_
         assert str(short_sft_run.name) in k.text()  # it says which run it starts from
 
 
-def test_07_grpo_run_all_twice_from_the_newest_sft_run(short_sft_run):
+@pytest.mark.lane("grpo_07")
+def test_07_grpo_run_all_twice_from_the_newest_sft_run(lane):
+    lane.result("grpo_07")
+
+
+def grpo_07(short_sft_run):
     root = short_sft_run.parent
     small = {
         "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 40}],
@@ -156,7 +202,7 @@ def test_07_grpo_run_all_twice_from_the_newest_sft_run(short_sft_run):
         assert '"reward"' in metrics and '"completions/mean_length"' in metrics  # GRPO's own metrics are kept
 
 
-def test_03_your_own_model_whose_template_drops_system_prompts(kernel03, tmp_path):
+def your_own_model(k: Kernel, tmp_path):
     """Bring your own model: Mistral's real v3 vocabulary and its published v0.3 template, which drops system
     prompts, with the bundled data (a third has one). Forcing system_prompt keep stops at the data with one
     message that names the fix; following it (auto, the default) merges them, says so, and trains."""
@@ -164,7 +210,7 @@ def test_03_your_own_model_whose_template_drops_system_prompts(kernel03, tmp_pat
 
     model = save_tiny_model(REALS[1], tmp_path / "my-model")
     out = tmp_path / "runs"
-    k = kernel03  # the same kernel as the tests above: a participant's next model, in the same session
+    # the same kernel as the dialogs above: a participant's next model, in the same session
     # a 32k vocabulary makes each step's logits 1000x the tiny model's: small batches, no generation (a
     # random model writes max_new_tokens of noise per answer)
     small = {**SHORT_OVERRIDES, "n_generate": 0, "per_device_train_batch_size": 2, "save_steps": 3}
