@@ -293,11 +293,18 @@ def trl_args(recipe: Recipe) -> tuple[dict[str, Any], dict[str, str]]:
     decide("log_level", "warning", "TRL's info lines would repeat what the kit shows")
     decide("dataloader_num_workers", 0, "the data is tokenized already: no loader processes to fork")
     decide("save_only_model", False, "checkpoints keep optimizer and RNG states: resume is exact")
-    decide(
-        "include_num_input_tokens_seen",
-        "non_padding",
-        "the trainer counts tokens and saves the count in checkpoints: totals survive a resume",
-    )
+    if recipe.trainer == "grpo":  # its batches are prompts, not input_ids: the trainer's count would warn
+        decide(
+            "include_num_input_tokens_seen",
+            "no",
+            "GRPOTrainer counts its prompts and completions itself, into the count checkpoints keep",
+        )
+    else:
+        decide(
+            "include_num_input_tokens_seen",
+            "non_padding",
+            "the trainer counts tokens and saves the count in checkpoints: totals survive a resume",
+        )
     if args.get("eval_strategy", "no") != "no" and not recipe.eval_file:
         decide("eval_strategy", "no", "no eval_file")
     return args, why
