@@ -86,9 +86,15 @@ def test_a_reply_whose_wake_up_was_consumed_elsewhere_still_arrives():
         kc.start_channels()
         try:
             await kc.wait_for_ready(timeout=60)
-            plain, _ = await reply_while_waiting(kc, AsyncZMQSocketChannel.get_msg(kc.shell_channel))
-            done, _ = await asyncio.wait([plain], timeout=3)
-            assert not done, "the plain wait saw the reply: the wake-up was not lost, nothing is tested"
+            for _ in range(5):  # on a loaded machine the reply can come in by another path: try again
+                plain, _ = await reply_while_waiting(kc, AsyncZMQSocketChannel.get_msg(kc.shell_channel))
+                done, _ = await asyncio.wait([plain], timeout=3)
+                if not done:
+                    break
+            else:
+                raise AssertionError(
+                    "5 times the plain wait saw the reply: no wake-up was lost, nothing tested"
+                )
             plain.cancel()
             assert (await kc.shell_channel.get_msg(timeout=1))["msg_type"] == "kernel_info_reply"  # drained
             ours, arrived = await reply_while_waiting(kc, kc.shell_channel.get_msg())
