@@ -17,8 +17,8 @@ from nbclient.exceptions import CellExecutionError
 from workshop_lib.kernel_sockets import KernelManager
 from workshop_lib.paths import REPO_ROOT
 
-# the environment at import (collection): tests in the main thread change os.environ (monkeypatch) while the
-# background lane (conftest.Lane) starts kernels
+# the environment at import (collection), for every process the background lane (conftest.Lane) starts
+# (kernels, papermill): tests in the main thread change os.environ (monkeypatch) meanwhile
 ENV = dict(os.environ)
 
 

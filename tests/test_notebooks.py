@@ -5,7 +5,6 @@ suite runs: each test names its scenario (`lane` marker), a function below that 
 what they left, and this module, collected after the Slurm module, checks it."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,14 +12,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from kernel_loop import ENV  # os.environ as collected: what the lane's processes get
 
 from workshop_lib import ports
 from workshop_lib.model import REPO_ROOT
 
 PAPERMILL = [sys.executable, "-m", "papermill", "--engine", "workshop", "--cwd", str(REPO_ROOT)]
-# the environment as it is at collection: the lane starts processes while tests in the main thread change
-# os.environ (monkeypatch), and a notebook must not run with another test's variables
-ENV = dict(os.environ)
 FAST = {
     # a few hundred rows: every run tokenizes its data (the whole file is 4000 conversations)
     "train_file": [{"path": "data/synthetic/train.jsonl", "max_rows": 400}],
@@ -71,8 +68,8 @@ def shown_text(nb_path) -> str:
     )
 
 
-def run(cmd: list, env: dict = ENV, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT, **kw)
+def run(cmd: list, env: dict = ENV) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO_ROOT)
 
 
 def run_notebook(name: str, out_dir: Path, parameters: dict, env: dict = ENV) -> Path:
